@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import headers, storage
+from . import headers, parallel, storage
 from .listing import ListedFile
 from .tf_import import tf
 
@@ -175,9 +175,12 @@ def _upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     return tf.cond(orientation == 1, lambda: image, turned)  # one cheap test for most files
 
 
-def batches(files: list[ListedFile], spec: InputSpec, batch_size: int,
-            options: DecodeOptions) -> Iterator[tuple[np.ndarray, tf.Tensor]]:
+def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
+            plan: parallel.ThreadPlan | None = None) -> Iterator[tuple[np.ndarray, tf.Tensor]]:
     """Yields (file indices, batch of model inputs) in file order; failed files leave gaps.
+
+    `plan` (by default the CPU plan for this machine) sets the decode threads, and how many
+    batches wait ready: one per model stream, and one more.
 
     Files over --max-file-mb are left out before anything is read (tf.io.read_file reads the
     whole file into memory), so they are gaps too. Files in object storage, which TensorFlow
@@ -188,19 +191,24 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int,
     def load(index, path):
         return index, decode(tf.io.read_file(path), spec, options)
 
+    plan = plan or parallel.plan_for("cpu", parallel.usable_cores())
     kept = [i for i, item in enumerate(files) if item.size <= options.max_file_bytes]
     if kept and storage.is_url(files[kept[0]].fs_path):
         dataset = (_fetched(files, kept)
                    .map(lambda index, data: (index, decode(data, spec, options)),
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                   .ignore_errors())
+                        num_parallel_calls=plan.decode, deterministic=True))
     else:
         indices = np.array(kept, dtype=np.int64)
         paths = np.array([files[i].fs_path for i in kept], dtype=object)
         dataset = (tf.data.Dataset.from_tensor_slices((indices, paths))
-                   .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                   .ignore_errors())
-    for index_batch, images in dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE):
+                   .map(load, num_parallel_calls=plan.decode, deterministic=True))
+    threading = tf.data.Options()
+    threading.autotune.enabled = False  # see `parallel`
+    threading.threading.private_threadpool_size = plan.decode
+    threading.threading.max_intra_op_parallelism = 1
+    dataset = (dataset.ignore_errors().batch(batch_size).prefetch(plan.streams + 1)
+               .with_options(threading))
+    for index_batch, images in dataset:
         yield index_batch.numpy(), images
 
 

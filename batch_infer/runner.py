@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, storage
+from . import __version__, parallel, storage
 from .config import RunConfig
 from .labels import resolve_labels
 from .listing import ListedFile, in_shard, list_images
@@ -107,8 +107,10 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
         ray_engine.connect(config)  # first: it may refuse the run, and it installs signal handlers
         configure_device("cpu")  # here the model is only checked; the actors score
         device = "gpu" if config.num_gpus else "cpu"
+        threads = None
     else:
         device = configure_device(config.device)
+        threads = parallel.configure(device)
     model = load_runner(config.model, config.signature, config.input_key, config.output_key,
                         config.image_size, config.preprocess, config.activation)
     labels, labels_source = resolve_labels(config.model, config.labels, model.num_classes)
@@ -125,11 +127,12 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
         "batch_infer_version": __version__, "tensorflow_version": _tensorflow_version(),
         "exif_transpose": str(config.exif_transpose).lower(), "max_pixels": str(config.max_pixels),
         "max_file_mb": str(config.max_file_mb), "scaled_decode": str(config.scaled_decode).lower(),
-        "engine": config.engine,
+        "engine": config.engine, "threads": threads.describe() if threads else "one model per Ray actor",
     }
     log.info("model %s: signature %s, input %s, output %s (%d classes, activation %s: %s), labels: %s",
              config.model, model.signature, metadata["input"], model.output_key, model.num_classes,
              model.activation, model.activation_reason, labels_source)
+    log.info("device %s: %s", device, metadata["threads"])
 
     local_output = not storage.is_url(config.output)
     if local_output:
@@ -145,16 +148,18 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
         if config.engine == "ray":
             ok, errors = ray_engine.score(config, model.spec, todo, decoding, writer, progress, stop)
         else:
-            ok, errors = _score(model, todo, labels, top_k, config.batch_size, decoding, writer,
-                                progress, stop)
+            ok, errors = _score(model, todo, labels, top_k, config.batch_size, decoding, threads,
+                                writer, progress, stop)
         writer.commit()
         progress.close()
         return summary(ok, errors, stop.received)
 
 
 def _score(model, todo: list[ListedFile], labels: np.ndarray, top_k: int, batch_size: int,
-           decoding, writer: PartWriter, progress: Progress, stop: StopSignals) -> tuple[int, int]:
-    """Streams `todo` through the model into `writer`; returns (ok rows, error rows)."""
+           decoding, threads: parallel.ThreadPlan, writer: PartWriter, progress: Progress,
+           stop: StopSignals) -> tuple[int, int]:
+    """Streams `todo` through the model into `writer`, `threads.streams` batches at a time;
+    returns (ok rows, error rows)."""
     from .pipeline import batches, diagnose
 
     refused = [item for item in todo if item.problem is not None]
@@ -174,11 +179,12 @@ def _score(model, todo: list[ListedFile], labels: np.ndarray, top_k: int, batch_
             progress.update(len(items))
 
     next_index = 0
-    for indices, images in batches(readable, model.spec, batch_size, decoding):
+    decoded = batches(readable, model.spec, batch_size, decoding, threads)
+    for (indices, _), (scores, failures) in parallel.in_order(
+            lambda batch: model.predict_or_isolate(batch[1]), decoded, threads.streams):
         arrived = set(indices.tolist())
         dropped([i for i in range(next_index, int(indices[-1])) if i not in arrived])
         next_index = int(indices[-1]) + 1
-        scores, failures = model.predict_or_isolate(images)
         writer.add(prediction_rows([readable[i].path for i in indices], scores, failures, top_k, labels))
         ok += len(indices) - len(failures)
         errors += len(failures)

@@ -1,19 +1,26 @@
 """Side-by-side throughput on one machine, in one run: `make bench` (or python benchmarks/bench.py).
 
 For each corpus (see corpora.py), on the same files and batch size:
-- model limit: the signature alone on pre-decoded tensors of the right size;
+- model limit: the signature alone on pre-decoded tensors of the right size, run as batch-infer
+  runs it (its thread plan and model streams, see batch_infer/parallel.py);
+- model, one call at a time: the same with TensorFlow's default threads and allocator, for
+  comparison;
 - decode limit: batch-infer's own tf.data read + decode + resize, no model;
 - combined limit: 1 / (1/model + 1/decode), both stages sharing the same cores;
-- keras: what users write today, image_dataset_from_directory + the signature;
+- keras: what users write today, image_dataset_from_directory + the signature, with
+  TensorFlow's defaults;
 - batch-infer: `batch-infer run` end to end, start-up cancelled by timing N and 2N files.
 On the camera corpus it also compares scaled JPEG decoding with a full decode + antialiased
 resize: the PSNR of the model inputs and the top-1 agreement of the model.
+TensorFlow's thread pools are fixed once per process, so the batch-infer settings and the
+defaults are measured in separate processes (this script with --stage).
 Prints Markdown tables; `--corpora photos,small` picks corpora.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -30,6 +37,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import corpora  # noqa: E402
+from batch_infer import parallel  # noqa: E402
 from batch_infer.listing import list_images  # noqa: E402
 from batch_infer.model import load_runner  # noqa: E402
 from batch_infer.pipeline import DecodeOptions, batches  # noqa: E402
@@ -38,28 +46,30 @@ from batch_infer.tf_import import tf  # noqa: E402
 BATCH = 32
 DECODING = DecodeOptions(max_pixels=10**8, max_file_mb=512, exif_transpose=True, scaled_decode=True)
 SAMPLE_MODEL = os.path.join(REPO, "sample_data", "digits_model")
+TF_DEFAULTS = {"TF_CPU_ALLOCATOR_USE_BFC": "false"}  # what a plain TensorFlow program gets
 
 
 def rate(count: int, seconds: float) -> float:
     return count / seconds
 
 
-def model_limit(runner, count: int) -> float:
+def model_limit(runner, count: int, streams: int) -> float:
     height, width = runner.spec.image_size
     batch = tf.cast(tf.random.uniform((BATCH, height, width, runner.spec.channels), 0, 255, seed=1),
                     runner.spec.dtype)
-    runner.predict(batch)  # warm-up
-    batches_needed = max(count // BATCH, 3)
+    for _ in parallel.in_order(runner.predict, [batch] * streams, streams):  # warm-up
+        pass
+    batches_needed = max(count // BATCH, 3 * streams)
     started = time.perf_counter()
-    for _ in range(batches_needed):
-        runner.predict(batch)
+    for _ in parallel.in_order(runner.predict, [batch] * batches_needed, streams):
+        pass
     return rate(batches_needed * BATCH, time.perf_counter() - started)
 
 
-def decode_limit(runner, folder: str) -> float:
+def decode_limit(runner, folder: str, plan: parallel.ThreadPlan) -> float:
     files = list_images(folder, ("jpg", "png"))
     started = time.perf_counter()
-    for _ in batches(files, runner.spec, BATCH, DECODING):
+    for _ in batches(files, runner.spec, BATCH, DECODING, plan):
         pass
     return rate(len(files), time.perf_counter() - started)
 
@@ -112,41 +122,71 @@ def batch_infer_run(model: str, folder: str, extra: list[str]) -> float:
     return rate(full - half, full_s - half_s)
 
 
-def measure(name: str, extra: list[str]) -> dict:
-    folder = corpora.make_corpus(name, tf)
-    model = SAMPLE_MODEL if name == "small" else corpora.make_mobilenet()
-    runner = load_runner(model)
+def model_for(name: str) -> str:
+    return SAMPLE_MODEL if name == "small" else corpora.make_mobilenet()
+
+
+def stage(kind: str, name: str) -> dict:
+    """The measurements of one process: `tuned` as batch-infer sets TensorFlow up, `defaults` as
+    a plain TensorFlow program has it."""
+    folder = os.path.join(corpora.ROOT, name)
     count = len(list_images(folder, ("jpg", "png")))
-    result = {"corpus": name, "files": count, "model": os.path.basename(model)}
-    result["model_limit"] = model_limit(runner, count)
-    result["decode_limit"] = decode_limit(runner, folder)
-    result["combined_limit"] = 1 / (1 / result["model_limit"] + 1 / result["decode_limit"])
-    result["keras"] = keras_pipeline(runner, folder)
-    result["batch_infer"] = batch_infer_run(model, folder, extra)
+    if kind == "defaults":
+        runner = load_runner(model_for(name))
+        return {"model_one_call": model_limit(runner, count, streams=1),
+                "keras": keras_pipeline(runner, folder)}
+    plan = parallel.configure("cpu")
+    runner = load_runner(model_for(name))
+    result = {"model_limit": model_limit(runner, count, plan.streams),
+              "decode_limit": decode_limit(runner, folder, plan), "threads": plan.describe()}
     if name == "camera":
         result["psnr_db"], result["top1_agreement"] = scaled_decode_fidelity(runner, folder)
+    return result
+
+
+def in_process(kind: str, name: str) -> dict:
+    environment = {**os.environ, **(TF_DEFAULTS if kind == "defaults" else {})}
+    finished = subprocess.run([sys.executable, __file__, "--stage", kind, "--corpora", name],
+                              check=True, cwd=REPO, env=environment, stdout=subprocess.PIPE, text=True)
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+def measure(name: str, extra: list[str]) -> dict:
+    folder = corpora.make_corpus(name, tf)
+    model = model_for(name)
+    result = {"corpus": name, "files": len(list_images(folder, ("jpg", "png"))),
+              "model": os.path.basename(model)}
+    result.update(in_process("tuned", name))
+    result.update(in_process("defaults", name))
+    result["combined_limit"] = 1 / (1 / result["model_limit"] + 1 / result["decode_limit"])
+    result["batch_infer"] = batch_infer_run(model, folder, extra)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", default=",".join(corpora.CORPORA))
+    parser.add_argument("--stage", choices=("tuned", "defaults"), help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args()
+    if args.stage:
+        print(json.dumps(stage(args.stage, args.corpora)))
+        return
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, "
           f"batch size {BATCH}", flush=True)
-    header = ("corpus", "files", "model", "model limit", "decode limit", "combined limit", "keras",
-              "batch-infer", "vs model", "vs combined", "vs keras")
-    rows, fidelity = [], None
+    header = ("corpus", "files", "model", "model, one call", "model limit", "decode limit",
+              "combined limit", "keras", "batch-infer", "vs model", "vs combined", "vs keras")
+    rows, fidelity, threads = [], None, None
     for name in args.corpora.split(","):
         r = measure(name, extra)
+        threads = r["threads"]
         if "psnr_db" in r:
             fidelity = r
         rows.append((r["corpus"], r["files"], r["model"], *(f"{r[k]:.1f}" for k in (
-            "model_limit", "decode_limit", "combined_limit", "keras", "batch_infer")),
+            "model_one_call", "model_limit", "decode_limit", "combined_limit", "keras", "batch_infer")),
             f"{r['batch_infer'] / r['model_limit']:.2f}x", f"{r['batch_infer'] / r['combined_limit']:.2f}x",
             f"{r['batch_infer'] / r['keras']:.2f}x"))
         print(f"measured {name}", file=sys.stderr, flush=True)
-    print("\nimages/s:\n")
+    print(f"\nimages/s ({threads}):\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
