@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from .progress import log
@@ -58,7 +58,8 @@ def configure(device: str) -> ThreadPlan:
     """The plan for `device` on this machine, with TensorFlow's thread pools set to match.
 
     The pools can only be set before TensorFlow runs its first op; a host program that already
-    has (the Python API, the tests) keeps its pools, and the streams then share them.
+    has (the Python API, the tests) keeps its pools, the streams share them, and the plan
+    returned says so.
     """
     from .tf_import import tf  # here, so that a run with nothing to score never imports it
 
@@ -68,7 +69,8 @@ def configure(device: str) -> ThreadPlan:
         tf.config.threading.set_inter_op_parallelism_threads(plan.inter_op)
     except RuntimeError:
         log.debug("TensorFlow's thread pools are already fixed; the model streams share them")
-    return plan
+    return replace(plan, intra_op=tf.config.threading.get_intra_op_parallelism_threads(),
+                   inter_op=tf.config.threading.get_inter_op_parallelism_threads())
 
 
 def in_order(function: Callable[[Item], Result], items: Iterable[Item],

@@ -67,11 +67,17 @@ def model_limit(runner, count: int, streams: int) -> float:
 
 
 def decode_limit(runner, folder: str, plan: parallel.ThreadPlan) -> float:
+    """Images/s of the marginal N files, as for `batch_infer_run`: each pipeline traces `decode`
+    anew, which takes a second or two."""
+    def seconds(files) -> float:
+        started = time.perf_counter()
+        for _ in batches(files, runner.spec, BATCH, DECODING, plan):
+            pass
+        return time.perf_counter() - started
+
     files = list_images(folder, ("jpg", "png"))
-    started = time.perf_counter()
-    for _ in batches(files, runner.spec, BATCH, DECODING, plan):
-        pass
-    return rate(len(files), time.perf_counter() - started)
+    half = [item for item in files if item.path.startswith("a/")]
+    return rate(len(files) - len(half), min(seconds(files) for _ in range(2)) - min(seconds(half) for _ in range(2)))
 
 
 def scaled_decode_fidelity(runner, folder: str) -> tuple[float, float]:
