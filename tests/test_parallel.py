@@ -42,7 +42,7 @@ def test_results_come_back_in_input_order_while_calls_overlap():
 def test_streamed_scores_equal_one_call_at_a_time(model_dir, image_dir):
     runner = load_runner(model_dir["float"])
     files = list_images(image_dir, ("jpg", "png"))
-    decoded = list(batches(files, runner.spec, 4, DECODING))
+    decoded = list(batches(files, runner.spec, 2, DECODING))
     assert len(decoded) > 3
     one_at_a_time = [runner.predict(images) for _, images in decoded]
     streamed = [scores for _, scores in in_order(lambda batch: runner.predict(batch[1]), decoded, 3)]
