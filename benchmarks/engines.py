@@ -35,22 +35,6 @@ import corpora  # noqa: E402
 BATCH = 32
 
 
-def repeated(folder: str, copies: int) -> str:
-    """The corpus `copies` times over, as hard links (no extra disk), keeping its a/ and b/ halves."""
-    target = f"{folder}-x{copies}"
-    marker = os.path.join(target, ".complete")
-    if not os.path.exists(marker):
-        for half in ("a", "b"):
-            os.makedirs(os.path.join(target, half), exist_ok=True)
-            for name in sorted(os.listdir(os.path.join(folder, half))):
-                for copy in range(copies):
-                    link = os.path.join(target, half, f"{copy}-{name}")
-                    if not os.path.exists(link):
-                        os.link(os.path.join(folder, half, name), link)
-        open(marker, "w").close()
-    return target
-
-
 def timed_run(model: str, folder: str, extra: list[str]) -> tuple[float, dict]:
     output = tempfile.mkdtemp(prefix="bench-engines-")
     try:
@@ -87,7 +71,7 @@ def main() -> None:
     sys.path.insert(0, REPO)
     from batch_infer.tf_import import tf
 
-    folder = repeated(corpora.make_corpus(args.corpus, tf), args.copies)
+    folder = corpora.repeated(corpora.make_corpus(args.corpus, tf), args.copies)
     model = corpora.make_mobilenet()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, "
           f"corpus {args.corpus} x{args.copies}, model {os.path.basename(model)}, batch size {BATCH}", flush=True)
