@@ -1,11 +1,12 @@
 """How a run shares the CPU cores between decoding and the model.
 
 With TensorFlow's default threads, one model call splits every op across all cores and waits for
-the slowest part, so a core that is also decoding an image stalls the whole model; and the
-intra-op threads of a small batch do much of their work twice. Instead the model runs as a few
-streams: batches in flight at once, each op on fewer threads, as CPU inference servers do in
-their throughput modes. On two cores, two single-thread streams ran MobileNetV2 about 1.3x faster
-than one call on two threads, and decoding fits in between without stalling anyone.
+the slowest part, so a core that is also decoding an image stalls the whole model; and splitting
+ops costs CPU of its own (two threads spent a quarter more per image than one). Instead the
+model runs as a few streams: batches in flight at once, each op on fewer threads, as CPU
+inference servers do in their throughput modes. On two cores, two single-thread streams ran
+MobileNetV2 about 1.3x faster than one call on two threads, and decoding fits in between
+without stalling anyone.
 
 Decoding gets a fixed pool of one thread per core, each image on one thread, and no tf.data
 autotuning: under a busy model the autotuner starved the decoder, and at the end of the input it
@@ -36,8 +37,12 @@ class ThreadPlan:
     decode: int  # tf.data threads that read and decode files, one image each
 
     def describe(self) -> str:
-        threads = f"{self.intra_op} thread{'s' if self.intra_op != 1 else ''}" if self.intra_op else "default threads"
-        return f"{self.streams} model stream{'s' if self.streams != 1 else ''} of {threads}, {self.decode} decode threads"
+        """As the log and the `threads` metadata say it: "2 model streams of 1 thread, ..."."""
+        def count(number: int, noun: str) -> str:
+            return f"{number} {noun}{'' if number == 1 else 's'}"
+
+        threads = count(self.intra_op, "thread") if self.intra_op else "default threads"
+        return f"{count(self.streams, 'model stream')} of {threads}, {count(self.decode, 'decode thread')}"
 
 
 def usable_cores() -> int:
@@ -76,9 +81,9 @@ def configure(device: str) -> ThreadPlan:
 def in_order(function: Callable[[Item], Result], items: Iterable[Item],
              width: int) -> Iterator[tuple[Item, Result]]:
     """(item, function(item)) for every item, in the order of `items`, with up to `width` calls
-    running at once on threads (TensorFlow releases the GIL while it computes). Closing the
-    iterator early waits for the calls in flight and drops their results."""
-    with ThreadPoolExecutor(width, thread_name_prefix="model-stream") as pool:
+    running at once on threads (TensorFlow, and reads from object storage, release the GIL).
+    Closing the iterator early waits for the calls in flight and drops their results."""
+    with ThreadPoolExecutor(width) as pool:
         pending: deque = deque()
         for item in items:
             pending.append((item, pool.submit(function, item)))

@@ -14,9 +14,9 @@ runs never pay for it.
 from __future__ import annotations
 
 import re
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
+
+from .parallel import in_order
 
 # Reads in flight when streaming remote files: an object store answers in tens of milliseconds,
 # so about this many parallel GETs keep a decoder busy while holding only a window of files in
@@ -94,16 +94,8 @@ def read_ahead(urls: list[str], window: int = READ_AHEAD) -> Iterator[tuple[int,
         except OSError:  # fsspec back ends report missing, forbidden and failed reads as OSError
             return None
 
-    with ThreadPoolExecutor(window) as pool:
-        pending: deque = deque()
-        for position, url in enumerate(urls):
-            pending.append((position, pool.submit(read, url)))
-            if len(pending) >= window:
-                position, future = pending.popleft()
-                yield position, future.result()
-        while pending:
-            position, future = pending.popleft()
-            yield position, future.result()
+    for (position, _), data in in_order(lambda item: read(item[1]), enumerate(urls), window):
+        yield position, data
 
 
 def put(url: str, data: bytes) -> None:
