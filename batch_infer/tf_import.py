@@ -12,8 +12,8 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # TensorFlow's default CPU allocator is malloc, which hands tensors this large (a batch's
-# activations are tens of megabytes) back to the kernel after every op, so each batch pays for
-# zeroing fresh pages again: a third of the CPU time of a MobileNetV2 batch went to the kernel.
+# activations run to a hundred megabytes) back to the kernel after every op, so each batch pays
+# for zeroing fresh pages again: a third of the CPU time of a MobileNetV2 run went to the kernel.
 # The BFC allocator, the one TensorFlow uses on GPUs, keeps and reuses them.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
