@@ -1,7 +1,7 @@
 """Peak RSS of `batch-infer run` on 1,000 vs 100,000 tiny files: memory must not grow with the
 number of files (listing, resume set and writer buffers stay small next to TensorFlow itself).
 
-    python benchmarks/memory.py        # about two minutes; also part of `make bench`
+    python benchmarks/memory.py    # about a minute once its corpus exists; also run by `make bench`
 """
 
 from __future__ import annotations
