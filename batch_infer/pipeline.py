@@ -9,7 +9,6 @@ stream and never shifts another file's prediction onto it.
 from __future__ import annotations
 
 import math
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -234,7 +233,7 @@ class BytesDecoder:
     def __init__(self, spec: InputSpec, options: DecodeOptions, threads: int | None = None):
         self.function = tf.function(lambda data: decode(data, spec, options),
                                     input_signature=[tf.TensorSpec([], tf.string)])
-        self.pool = ThreadPoolExecutor(threads or os.cpu_count())
+        self.pool = ThreadPoolExecutor(threads or parallel.usable_cores())
 
     def __call__(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None]:
         """(positions that decoded, their model inputs as one batch); failed files leave gaps,

@@ -10,7 +10,8 @@ For each corpus (see corpora.py), on the same files and batch size:
 - keras: what users write today, image_dataset_from_directory + the signature, with
   TensorFlow's defaults;
 - batch-infer: `batch-infer run` end to end, start-up cancelled by timing N and 2N files (the
-  corpus hard-linked 4 times over, so that scoring outweighs start-up's jitter).
+  corpus hard-linked 4 times over, so that scoring outweighs start-up's jitter), measured as
+  engines.py measures the local engine.
 On the camera corpus it also compares scaled JPEG decoding with a full decode + antialiased
 resize: the PSNR of the model inputs and the top-1 agreement of the model.
 TensorFlow's thread pools are fixed once per process, so the batch-infer settings and the
@@ -24,10 +25,8 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -38,6 +37,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import corpora  # noqa: E402
+import engines  # noqa: E402
 from batch_infer import parallel  # noqa: E402
 from batch_infer.listing import list_images  # noqa: E402
 from batch_infer.model import load_runner  # noqa: E402
@@ -73,7 +73,7 @@ def model_limit(runner, count: int, streams: int) -> float:
 
 
 def decode_limit(runner, folder: str, plan: parallel.ThreadPlan) -> float:
-    """Images/s of the marginal files, as for `batch_infer_run`: each pipeline traces `decode`
+    """Images/s of the marginal files, as for the end-to-end figure: each pipeline traces `decode`
     anew, which takes a second or two."""
     def seconds(files) -> float:
         started = time.perf_counter()
@@ -83,7 +83,8 @@ def decode_limit(runner, folder: str, plan: parallel.ThreadPlan) -> float:
 
     files = list_images(folder, ("jpg", "png"))
     half = [item for item in files if item.path.startswith("a/")]
-    return rate(len(files) - len(half), min(seconds(files) for _ in range(2)) - min(seconds(half) for _ in range(2)))
+    marginal_s = min(seconds(files) for _ in range(2)) - min(seconds(half) for _ in range(2))
+    return rate(len(files) - len(half), marginal_s)
 
 
 def scaled_decode_fidelity(runner, folder: str) -> tuple[float, float]:
@@ -114,26 +115,6 @@ def keras_pipeline(runner, folder: str) -> float:
     return rate(count, time.perf_counter() - started)
 
 
-def timed_run(model: str, folder: str, extra: list[str]) -> tuple[float, int]:
-    output = tempfile.mkdtemp(prefix="bench-out-")
-    try:
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "batch_infer", "run", "--model", model, "--input", folder,
-                        "--output", output, "--quiet", "--batch-size", str(BATCH), *extra],
-                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-        return time.perf_counter() - started, len(list_images(folder, ("jpg", "png")))
-    finally:
-        shutil.rmtree(output)
-
-
-def batch_infer_run(model: str, folder: str, extra: list[str]) -> float:
-    """Images/s of the marginal files: t(all) - t(a/) cancels model loading and start-up (about
-    ten seconds). Each is the best of two runs, which keeps one hiccup from deciding the figure."""
-    half_s, half = min(timed_run(model, os.path.join(folder, "a"), extra) for _ in range(2))
-    full_s, full = min(timed_run(model, folder, extra) for _ in range(2))
-    return rate(full - half, full_s - half_s)
-
-
 def model_for(name: str) -> str:
     return SAMPLE_MODEL if name == "small" else corpora.make_mobilenet()
 
@@ -143,7 +124,6 @@ def stage(kind: str, name: str) -> dict:
     a plain TensorFlow program has it."""
     folder = os.path.join(corpora.ROOT, name)
     count = len(list_images(folder, ("jpg", "png")))
-    repeated = corpora.repeated(folder, COPIES)
     if kind == "defaults":
         runner = load_runner(model_for(name))
         return {"model_one_call": model_limit(runner, count, streams=1),
@@ -151,7 +131,8 @@ def stage(kind: str, name: str) -> dict:
     plan = parallel.configure("cpu")
     runner = load_runner(model_for(name))
     result = {"model_limit": model_limit(runner, count, plan.streams),
-              "decode_limit": decode_limit(runner, repeated, plan), "threads": plan.describe()}
+              "decode_limit": decode_limit(runner, corpora.repeated(folder, COPIES), plan),
+              "threads": plan.describe()}
     if name == "camera":
         result["psnr_db"], result["top1_agreement"] = scaled_decode_fidelity(runner, folder)
     return result
@@ -172,7 +153,7 @@ def measure(name: str, extra: list[str]) -> dict:
     result.update(in_process("tuned", name))
     result.update(in_process("defaults", name))
     result["combined_limit"] = 1 / (1 / result["model_limit"] + 1 / result["decode_limit"])
-    result["batch_infer"] = batch_infer_run(model, corpora.repeated(folder, COPIES), extra)
+    result["batch_infer"] = engines.measure(model, corpora.repeated(folder, COPIES), False, extra)["marginal"]
     return result
 
 
