@@ -34,8 +34,8 @@ _FIELDS = {
     "vp8_width": (26, 2, True), "vp8_height": (28, 2, True),  # low 14 bits; 2 bits of scaling
 }
 
-# Every fixed field and a BMP palette (14 + at most 124 + 1024 bytes).
-HEAD_BYTES = 2048
+# Every magic number and fixed field (the last, VP8X height, ends at byte 30).
+HEAD_BYTES = 32
 # Where a JPEG's EXIF block is looked for: an APP1 segment is at most 64 KiB and comes first,
 # after at most a short JFIF APP0 segment.
 EXIF_SEARCH_BYTES = 65 * 1024

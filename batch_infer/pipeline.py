@@ -83,7 +83,8 @@ def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tenso
     acceptable = header.pixels <= options.max_pixels
     if not spec.encoded:
         acceptable &= header.format != headers.UNKNOWN
-    with tf.control_dependencies([tf.debugging.Assert(acceptable, [header.format, header.pixels])]):
+    # Strings only: with other data, tf.debugging.Assert wraps itself in a cond, a call per file.
+    with tf.control_dependencies([tf.debugging.Assert(acceptable, ["header check failed"])]):
         data = tf.identity(data)
     if spec.encoded:
         return data
@@ -92,17 +93,12 @@ def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tenso
     if options.exif_transpose:
         image = _upright(image, headers.exif_orientation(data, header.format))
     height, width = spec.image_size
-    if spec.dtype == tf.uint8 and spec.preprocess == "raw":
-        resized = tf.cond(
-            tf.reduce_all(tf.shape(image)[:2] == (height, width)),
-            lambda: image,
-            lambda: tf.cast(tf.round(tf.clip_by_value(
-                tf.image.resize(image, (height, width), antialias=True), 0.0, 255.0)), tf.uint8),
-        )
-        resized.set_shape((height, width, spec.channels))
-        return resized
-    pixels = tf.image.resize(image, (height, width), antialias=True)
+    pixels = tf.cond(tf.reduce_all(tf.shape(image)[:2] == (height, width)),  # exact, and saves the resize
+                     lambda: tf.cast(image, tf.float32),
+                     lambda: tf.image.resize(image, (height, width), antialias=True))
     pixels.set_shape((height, width, spec.channels))
+    if spec.dtype == tf.uint8 and spec.preprocess == "raw":
+        return tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8)
     return tf.cast(preprocess(pixels, spec.preprocess), spec.dtype)
 
 
