@@ -212,30 +212,26 @@ def bmp_palette(data: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.reverse(quads[:, :3], axis=[1]), tf.uint8)
 
 
-def exif_orientation(data: tf.Tensor, kind: tf.Tensor) -> tf.Tensor:
-    """EXIF orientation of a JPEG, 1 (upright) to 8, from tag 0x0112 in IFD0 of its APP1 segment;
-    1 for other formats.
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """EXIF orientation of a JPEG, 1 (upright) to 8, from tag 0x0112 in IFD0 of its APP1 segment.
 
     The APP1 segment is found by its "Exif\\0\\0" signature, which must follow the segment's
     FF E1 marker and length. Then comes a TIFF block: II (little-endian) or MM (big-endian), 42,
     the offset of IFD0, which is an entry count and 12-byte entries (tag, type, count, value). A
     missing or malformed tag means 1, as in Pillow's ImageOps.exif_transpose.
     """
-    def from_app1():
-        parts = tf.strings.split(tf.strings.substr(data, 0, EXIF_SEARCH_BYTES), sep=b"Exif\x00\x00",
-                                 maxsplit=1)
-        app1_at = tf.cast(tf.strings.length(parts[0]), tf.int64) - 4
-        app1 = _window(data, app1_at, 18)  # FF E1, the segment length, "Exif\0\0", the TIFF header
-        little, big = tf.unstack(_starts_with(app1, (b"\xff\xe1??Exif\0\0II",
-                                                     b"\xff\xe1??Exif\0\0MM")))
-        ifd = _window(data, app1_at + 10 + _uint(app1, 14, 4, little), 2 + 12 * _IFD_ENTRIES)
-        slots = tf.range(_IFD_ENTRIES, dtype=tf.int64)
-        tags, values = tf.unstack(_uint(ifd, [2 + 12 * slots, 10 + 12 * slots], 2, little))
-        is_orientation = (tags == 0x0112) & (slots < _uint(ifd, 0, 2, little))
-        orientation = tf.reduce_max(tf.where(is_orientation, values, 0))
-        return tf.where((little | big) & (orientation >= 1) & (orientation <= 8), orientation, 1)
-
-    return tf.cond(kind == JPEG, from_app1, lambda: tf.constant(1, tf.int64))
+    parts = tf.strings.split(tf.strings.substr(data, 0, EXIF_SEARCH_BYTES), sep=b"Exif\x00\x00",
+                             maxsplit=1)
+    app1_at = tf.cast(tf.strings.length(parts[0]), tf.int64) - 4
+    app1 = _window(data, app1_at, 18)  # FF E1, the segment length, "Exif\0\0", the TIFF header
+    little, big = tf.unstack(_starts_with(app1, (b"\xff\xe1??Exif\0\0II",
+                                                 b"\xff\xe1??Exif\0\0MM")))
+    ifd = _window(data, app1_at + 10 + _uint(app1, 14, 4, little), 2 + 12 * _IFD_ENTRIES)
+    slots = tf.range(_IFD_ENTRIES, dtype=tf.int64)
+    tags, values = tf.unstack(_uint(ifd, [2 + 12 * slots, 10 + 12 * slots], 2, little))
+    is_orientation = (tags == 0x0112) & (slots < _uint(ifd, 0, 2, little))
+    orientation = tf.reduce_max(tf.where(is_orientation, values, 0))
+    return tf.where((little | big) & (orientation >= 1) & (orientation <= 8), orientation, 1)
 
 
 _END_MARKERS = {JPEG: b"\xff\xd9", PNG: b"IEND\xaeB`\x82", GIF: b";"}

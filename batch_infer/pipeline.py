@@ -89,9 +89,7 @@ def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tenso
     if spec.encoded:
         return data
     scale = _jpeg_scale(header, max(spec.image_size)) if options.scaled_decode else tf.constant(0, tf.int32)
-    image = _channels(_decode_pixels(data, header, scale), spec.channels)
-    if options.exif_transpose:
-        image = _upright(image, headers.exif_orientation(data, header.format))
+    image = _channels(_decode_pixels(data, header, scale, options.exif_transpose), spec.channels)
     height, width = spec.image_size
     pixels = tf.cond(tf.reduce_all(tf.shape(image)[:2] == (height, width)),  # exact, and saves the resize
                      lambda: tf.cast(image, tf.float32),
@@ -109,33 +107,41 @@ def _jpeg_scale(header: headers.Header, target_side: int) -> tf.Tensor:
     """Index into JPEG_RATIOS of the largest DCT scale-down that still leaves the image's short
     side at least the model's long side, so the final antialiased resize only ever shrinks (and
     EXIF turns cannot matter). A 12 MP photo for a 224x224 model decodes at 500x375: a 64th of
-    the pixels, a fraction of the time. 0 (full size) for every other format."""
+    the pixels, a fraction of the time."""
     short_side = tf.minimum(header.width, header.height)
-    fits = tf.add_n([tf.cast(short_side >= ratio * target_side, tf.int32) for ratio in JPEG_RATIOS[1:]])
-    return tf.where(header.format == headers.JPEG, fits, 0)
+    return tf.add_n([tf.cast(short_side >= ratio * target_side, tf.int32) for ratio in JPEG_RATIOS[1:]])
 
 
-def _decode_pixels(data: tf.Tensor, header: headers.Header, jpeg_scale: tf.Tensor) -> tf.Tensor:
+def _decode_pixels(data: tf.Tensor, header: headers.Header, jpeg_scale: tf.Tensor,
+                   exif_transpose: bool) -> tf.Tensor:
     """The file's pixels in its own layout: 1 to 4 channels, 8 bits (16-bit PNGs keep their
-    high byte), the first frame of an animation (expand_animations=False), JPEGs decoded at
-    1 / JPEG_RATIOS[jpeg_scale] of their size by the decoder itself.
+    high byte), the first frame of an animation (expand_animations=False); JPEGs decoded at
+    1 / JPEG_RATIOS[jpeg_scale] of their size by the decoder itself and, with `exif_transpose`,
+    turned upright by their EXIF orientation.
 
+    One switch on the format, so that each file pays for its own format's work only: in tf.data
+    every cond is a function call per file, tens of microseconds, a fair share of a small PNG.
     channels=0 because TensorFlow refuses other counts for some files: channels=1 for BMP, GIF
     and CMYK JPEG, channels=3 for WebP with alpha. Animated WebP and 8-bit BMP need the
     workarounds in `headers`.
     """
-    def scaled_jpeg():
-        return tf.switch_case(jpeg_scale, [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=0, ratio=ratio)
-                                           for ratio in JPEG_RATIOS])
+    def jpeg():
+        image = tf.switch_case(jpeg_scale, [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=0, ratio=ratio)
+                                            for ratio in JPEG_RATIOS])
+        return _upright(image, headers.exif_orientation(data)) if exif_transpose else image
 
-    image = tf.case([
-        (header.animated_webp,
-         lambda: tf.io.decode_image(headers.with_webp_alpha_flag(data), channels=4, expand_animations=False)),
-        (jpeg_scale > 0, scaled_jpeg),
-    ], default=lambda: tf.io.decode_image(data, channels=0, expand_animations=False), exclusive=True)
-    return tf.cond(header.palette_bmp,
-                   lambda: tf.gather(headers.bmp_palette(data), tf.cast(image[..., 0], tf.int32)),
-                   lambda: image)
+    def animated_webp():
+        return tf.io.decode_image(headers.with_webp_alpha_flag(data), channels=4, expand_animations=False)
+
+    def other():
+        return tf.io.decode_image(data, channels=0, expand_animations=False)
+
+    def palette_bmp():
+        return tf.gather(headers.bmp_palette(data), tf.cast(other()[..., 0], tf.int32))
+
+    branch = tf.where(header.format == headers.JPEG, 0, tf.where(
+        header.animated_webp, 1, tf.where(header.palette_bmp, 2, 3)))
+    return tf.switch_case(branch, [jpeg, animated_webp, palette_bmp, other])
 
 
 def _channels(image: tf.Tensor, wanted: int) -> tf.Tensor:

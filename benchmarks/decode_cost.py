@@ -1,0 +1,109 @@
+"""Where the CPU goes, per image on one core: python benchmarks/decode_cost.py (part of make bench).
+
+On a machine where the model and the decoder share the cores, the best a job can reach is
+model / (model + decode) of the model limit, so what decoding costs per image decides how close to
+the model limit any pipeline can come. For each corpus this times, in one thread:
+- read: the file's bytes (tf.io.read_file);
+- plain decode: read + full decode + antialiased resize, nothing else (the least any pipeline
+  with the same model inputs does);
+- batch-infer decode: `pipeline.decode` as `run` uses it (header checks, EXIF orientation, scaled
+  JPEG decode, resize), and the same without EXIF;
+- model: the signature on a batch of pre-decoded tensors, per image.
+and prints that best share for the plain and for batch-infer's decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import corpora  # noqa: E402
+from bench import BATCH, DECODING, model_for  # noqa: E402
+from batch_infer.listing import list_images  # noqa: E402
+from batch_infer.model import load_runner  # noqa: E402
+from batch_infer.pipeline import decode  # noqa: E402
+from batch_infer.tf_import import tf  # noqa: E402
+
+FILES = {"photos": 300, "camera": 40, "small": 4000}  # enough for a steady figure
+
+
+def per_image_us(paths: list[bytes], function) -> float:
+    """Best of 3 passes of a one-thread tf.data map over the files, in microseconds per image."""
+    dataset = tf.data.Dataset.from_tensor_slices(paths).map(function).batch(BATCH)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    dataset = dataset.with_options(options)
+
+    def seconds() -> float:
+        started = time.perf_counter()
+        for _ in dataset:
+            pass
+        return time.perf_counter() - started
+
+    seconds()  # traces the map function
+    return min(seconds() for _ in range(3)) / len(paths) * 1e6
+
+
+def model_us(runner) -> float:
+    height, width = runner.spec.image_size
+    batch = tf.cast(tf.random.uniform((BATCH, height, width, runner.spec.channels), 0, 255, seed=1),
+                    runner.spec.dtype)
+    runner.predict(batch)
+
+    def seconds() -> float:
+        started = time.perf_counter()
+        for _ in range(5):
+            runner.predict(batch)
+        return time.perf_counter() - started
+
+    return min(seconds() for _ in range(3)) / (5 * BATCH) * 1e6
+
+
+def costs(name: str) -> dict[str, float]:
+    folder = corpora.make_corpus(name, tf)
+    paths = [item.fs_path for item in list_images(folder, ("jpg", "png"))][:FILES[name]]
+    runner = load_runner(model_for(name))
+    spec = runner.spec
+    without_exif = dataclasses.replace(DECODING, exif_transpose=False)
+
+    def plain(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=spec.channels, expand_animations=False)
+        return tf.image.resize(image, spec.image_size, antialias=True)
+
+    return {
+        "read": per_image_us(paths, lambda path: tf.strings.length(tf.io.read_file(path))),
+        "plain decode": per_image_us(paths, plain),
+        "batch-infer decode": per_image_us(paths, lambda path: decode(tf.io.read_file(path), spec, DECODING)),
+        "without EXIF": per_image_us(paths, lambda path: decode(tf.io.read_file(path), spec, without_exif)),
+        "model": model_us(runner),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", default=",".join(corpora.CORPORA))
+    args = parser.parse_args()
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    columns = ("read", "plain decode", "batch-infer decode", "without EXIF", "model")
+    print("µs per image on one core, and the best share of the model limit the decode leaves:\n")
+    print("| corpus | " + " | ".join(columns) + " | best, plain decode | best, batch-infer |")
+    print("|" + "---|" * (len(columns) + 3))
+    for name in args.corpora.split(","):
+        cost = costs(name)
+        best = [cost["model"] / (cost["model"] + cost[key]) for key in ("plain decode", "batch-infer decode")]
+        print(f"| {name} | " + " | ".join(f"{cost[key]:.0f}" for key in columns)
+              + " | " + " | ".join(f"{share:.2f}x" for share in best) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
