@@ -222,16 +222,21 @@ def exif_orientation(data: tf.Tensor) -> tf.Tensor:
     """
     parts = tf.strings.split(tf.strings.substr(data, 0, EXIF_SEARCH_BYTES), sep=b"Exif\x00\x00",
                              maxsplit=1)
-    app1_at = tf.cast(tf.strings.length(parts[0]), tf.int64) - 4
-    app1 = _window(data, app1_at, 18)  # FF E1, the segment length, "Exif\0\0", the TIFF header
-    little, big = tf.unstack(_starts_with(app1, (b"\xff\xe1??Exif\0\0II",
-                                                 b"\xff\xe1??Exif\0\0MM")))
-    ifd = _window(data, app1_at + 10 + _uint(app1, 14, 4, little), 2 + 12 * _IFD_ENTRIES)
-    slots = tf.range(_IFD_ENTRIES, dtype=tf.int64)
-    tags, values = tf.unstack(_uint(ifd, [2 + 12 * slots, 10 + 12 * slots], 2, little))
-    is_orientation = (tags == 0x0112) & (slots < _uint(ifd, 0, 2, little))
-    orientation = tf.reduce_max(tf.where(is_orientation, values, 0))
-    return tf.where((little | big) & (orientation >= 1) & (orientation <= 8), orientation, 1)
+
+    def from_app1():
+        app1_at = tf.cast(tf.strings.length(parts[0]), tf.int64) - 4
+        app1 = _window(data, app1_at, 18)  # FF E1, the segment length, "Exif\0\0", the TIFF header
+        little, big = tf.unstack(_starts_with(app1, (b"\xff\xe1??Exif\0\0II",
+                                                     b"\xff\xe1??Exif\0\0MM")))
+        ifd = _window(data, app1_at + 10 + _uint(app1, 14, 4, little), 2 + 12 * _IFD_ENTRIES)
+        slots = tf.range(_IFD_ENTRIES, dtype=tf.int64)
+        tags, values = tf.unstack(_uint(ifd, [2 + 12 * slots, 10 + 12 * slots], 2, little))
+        is_orientation = (tags == 0x0112) & (slots < _uint(ifd, 0, 2, little))
+        orientation = tf.reduce_max(tf.where(is_orientation, values, 0))
+        return tf.where((little | big) & (orientation >= 1) & (orientation <= 8), orientation, 1)
+
+    # A JPEG without EXIF skips the parse, whose few dozen small ops cost more than the search.
+    return tf.cond(tf.size(parts) > 1, from_app1, lambda: tf.constant(1, tf.int64))
 
 
 _END_MARKERS = {JPEG: b"\xff\xd9", PNG: b"IEND\xaeB`\x82", GIF: b";"}
