@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/decode_cost.py
 	$(BIN)/python benchmarks/memory.py
 
 airflow-venv:
