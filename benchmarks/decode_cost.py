@@ -4,12 +4,14 @@ On a machine where the model and the decoder share the cores, the best a job can
 model / (model + decode) of the model limit, so what decoding costs per image decides how close to
 the model limit any pipeline can come. For each corpus this times, in one thread:
 - read: the file's bytes (tf.io.read_file);
+- decode alone: read + full decode, no resize (the least any pipeline decoding on these cores
+  does);
 - plain decode: read + full decode + antialiased resize, nothing else (the least any pipeline
   with the same model inputs does);
 - batch-infer decode: `pipeline.decode` as `run` uses it (header checks, EXIF orientation, scaled
   JPEG decode, resize), and the same without EXIF;
 - model: the signature on a batch of pre-decoded tensors, per image.
-and prints that best share for the plain and for batch-infer's decode.
+and prints that best share for each kind of decode.
 """
 
 from __future__ import annotations
@@ -75,13 +77,14 @@ def costs(name: str) -> dict[str, float]:
     spec = runner.spec
     without_exif = dataclasses.replace(DECODING, exif_transpose=False)
 
-    def plain(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=spec.channels, expand_animations=False)
-        return tf.image.resize(image, spec.image_size, antialias=True)
+    def pixels(path):
+        return tf.io.decode_image(tf.io.read_file(path), channels=spec.channels, expand_animations=False)
 
     return {
         "read": per_image_us(paths, lambda path: tf.strings.length(tf.io.read_file(path))),
-        "plain decode": per_image_us(paths, plain),
+        "decode alone": per_image_us(paths, lambda path: tf.shape(pixels(path))),
+        "plain decode": per_image_us(paths, lambda path: tf.image.resize(pixels(path), spec.image_size,
+                                                                         antialias=True)),
         "batch-infer decode": per_image_us(paths, lambda path: decode(tf.io.read_file(path), spec, DECODING)),
         "without EXIF": per_image_us(paths, lambda path: decode(tf.io.read_file(path), spec, without_exif)),
         "model": model_us(runner),
@@ -94,13 +97,14 @@ def main() -> None:
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    columns = ("read", "plain decode", "batch-infer decode", "without EXIF", "model")
-    print("µs per image on one core, and the best share of the model limit the decode leaves:\n")
-    print("| corpus | " + " | ".join(columns) + " | best, plain decode | best, batch-infer |")
-    print("|" + "---|" * (len(columns) + 3))
+    columns = ("read", "decode alone", "plain decode", "batch-infer decode", "without EXIF", "model")
+    decodes = ("decode alone", "plain decode", "batch-infer decode")
+    print("µs per image on one core, and the best share of the model limit each decode leaves:\n")
+    print("| corpus | " + " | ".join(columns) + " | " + " | ".join(f"best, {key}" for key in decodes) + " |")
+    print("|" + "---|" * (len(columns) + len(decodes) + 1))
     for name in args.corpora.split(","):
         cost = costs(name)
-        best = [cost["model"] / (cost["model"] + cost[key]) for key in ("plain decode", "batch-infer decode")]
+        best = [cost["model"] / (cost["model"] + cost[key]) for key in decodes]
         print(f"| {name} | " + " | ".join(f"{cost[key]:.0f}" for key in columns)
               + " | " + " | ".join(f"{share:.2f}x" for share in best) + " |", flush=True)
 
