@@ -9,7 +9,7 @@ the model limit any pipeline can come. For each corpus this times, in one thread
 - plain decode: read + full decode + antialiased resize, nothing else (the least any pipeline
   with the same model inputs does);
 - batch-infer decode: `pipeline.decode` as `run` uses it (header checks, EXIF orientation, scaled
-  JPEG decode, resize), and the same without EXIF;
+  JPEG decode, resize);
 - model: the signature on a batch of pre-decoded tensors, per image.
 and prints that best share for each kind of decode.
 """
@@ -17,7 +17,6 @@ and prints that best share for each kind of decode.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -75,7 +74,6 @@ def costs(name: str) -> dict[str, float]:
     paths = [item.fs_path for item in list_images(folder, ("jpg", "png"))][:FILES[name]]
     runner = load_runner(model_for(name))
     spec = runner.spec
-    without_exif = dataclasses.replace(DECODING, exif_transpose=False)
 
     def pixels(path):
         return tf.io.decode_image(tf.io.read_file(path), channels=spec.channels, expand_animations=False)
@@ -86,7 +84,6 @@ def costs(name: str) -> dict[str, float]:
         "plain decode": per_image_us(paths, lambda path: tf.image.resize(pixels(path), spec.image_size,
                                                                          antialias=True)),
         "batch-infer decode": per_image_us(paths, lambda path: decode(tf.io.read_file(path), spec, DECODING)),
-        "without EXIF": per_image_us(paths, lambda path: decode(tf.io.read_file(path), spec, without_exif)),
         "model": model_us(runner),
     }
 
@@ -97,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    columns = ("read", "decode alone", "plain decode", "batch-infer decode", "without EXIF", "model")
+    columns = ("read", "decode alone", "plain decode", "batch-infer decode", "model")
     decodes = ("decode alone", "plain decode", "batch-infer decode")
     print("µs per image on one core, and the best share of the model limit each decode leaves:\n")
     print("| corpus | " + " | ".join(columns) + " | " + " | ".join(f"best, {key}" for key in decodes) + " |")
