@@ -10,7 +10,8 @@ the model limit any pipeline can come. For each corpus this times, in one thread
   with the same model inputs does);
 - batch-infer decode: `pipeline.decode` as `run` uses it (header checks, EXIF orientation, scaled
   JPEG decode, resize);
-- model: the signature on a batch of pre-decoded tensors, per image.
+- model: the signature on a batch of pre-decoded tensors, per image (bench.py's model limit with
+  one stream).
 and prints that best share for each kind of decode.
 """
 
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import corpora  # noqa: E402
-from bench import BATCH, DECODING, model_for  # noqa: E402
+from bench import BATCH, DECODING, model_for, model_limit  # noqa: E402
 from batch_infer.listing import list_images  # noqa: E402
 from batch_infer.model import load_runner  # noqa: E402
 from batch_infer.pipeline import decode  # noqa: E402
@@ -54,21 +55,6 @@ def per_image_us(paths: list[bytes], function) -> float:
     return min(seconds() for _ in range(3)) / len(paths) * 1e6
 
 
-def model_us(runner) -> float:
-    height, width = runner.spec.image_size
-    batch = tf.cast(tf.random.uniform((BATCH, height, width, runner.spec.channels), 0, 255, seed=1),
-                    runner.spec.dtype)
-    runner.predict(batch)
-
-    def seconds() -> float:
-        started = time.perf_counter()
-        for _ in range(5):
-            runner.predict(batch)
-        return time.perf_counter() - started
-
-    return min(seconds() for _ in range(3)) / (5 * BATCH) * 1e6
-
-
 def costs(name: str) -> dict[str, float]:
     folder = corpora.make_corpus(name, tf)
     paths = [item.fs_path for item in list_images(folder, ("jpg", "png"))][:FILES[name]]
@@ -84,7 +70,7 @@ def costs(name: str) -> dict[str, float]:
         "plain decode": per_image_us(paths, lambda path: tf.image.resize(pixels(path), spec.image_size,
                                                                          antialias=True)),
         "batch-infer decode": per_image_us(paths, lambda path: decode(tf.io.read_file(path), spec, DECODING)),
-        "model": model_us(runner),
+        "model": 1e6 / model_limit(runner, len(paths), streams=1),
     }
 
 
