@@ -18,7 +18,8 @@ from urllib.parse import quote
 import numpy as np
 
 from .config import ConfigError
-from .report import read_output
+from . import storage
+from .atomic import write_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,7 +69,10 @@ def add_command(commands) -> None:
 
 def command(args: argparse.Namespace) -> int:
     _check_args(args)
-    rows, _ = read_output(os.path.abspath(args.output), COLUMNS)
+    from .output import read_parts  # pyarrow only now: `--help` stays fast
+
+    table, _ = read_parts(storage.absolute(args.output), COLUMNS)
+    rows = table.to_pandas()
     ok = rows[rows.status == "ok"]
     kept = ok[ok.score >= args.min_score].sort_values("path", ignore_index=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.dest)), exist_ok=True)
@@ -95,14 +99,6 @@ def _check_args(args: argparse.Namespace) -> None:
                           "so that files of another export do not mix in.")
 
 
-def _replace_atomically(dest: str, write) -> None:
-    """Writes next to `dest`, then renames, so a reader never sees half a file."""
-    temporary = os.path.join(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        write(handle)
-    os.replace(temporary, dest)
-
-
 def _short(score: np.float32) -> float:
     """A float32 as its shortest decimal: 0.9997 in the JSON rather than 0.99970000982284546."""
     return float(str(score))
@@ -114,7 +110,7 @@ def write_csv(rows: pd.DataFrame, args: argparse.Namespace) -> None:
     table = rows[["path", "label", "score"]].assign(
         top_k_labels=["|".join(labels) for labels in rows.top_k_labels],
         top_k_scores=["|".join(map(str, scores)) for scores in rows.top_k_scores])
-    _replace_atomically(args.dest, lambda handle: table.to_csv(handle, index=False))
+    write_atomically(args.dest, lambda handle: table.to_csv(handle, index=False), text=True)
 
 
 def write_label_studio(rows: pd.DataFrame, args: argparse.Namespace) -> None:
@@ -126,7 +122,7 @@ def write_label_studio(rows: pd.DataFrame, args: argparse.Namespace) -> None:
                                            "value": {"choices": [label]}}]}]}
              for path, label, score, run_id in zip(rows.path, rows.label, rows.score.to_numpy(),
                                                    rows.run_id)]
-    _replace_atomically(args.dest, lambda handle: json.dump(tasks, handle, ensure_ascii=False))
+    write_atomically(args.dest, lambda handle: json.dump(tasks, handle, ensure_ascii=False), text=True)
 
 
 def label_directory(label: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
-import glob
 import html
 import json
 import os
@@ -20,7 +19,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from . import __version__
+from . import __version__, storage
+from .atomic import write_atomically
 from .config import ConfigError
 
 if TYPE_CHECKING:
@@ -59,48 +59,18 @@ def add_command(commands) -> None:
 def command(args: argparse.Namespace) -> int:
     if args.input is not None and not os.path.isdir(args.input):
         raise ConfigError(f"--input {args.input} is not a directory; give the run's --input.")
-    rows, metadata = read_output(os.path.abspath(args.output), COLUMNS)
+    from .output import read_parts  # pyarrow only now: `--help` stays fast
+
+    table, metadata = read_parts(storage.absolute(args.output), COLUMNS)
+    rows = table.to_pandas()
     thumbnails = Thumbnails(args.input) if args.input else None
     page = render(rows, metadata, args.output, thumbnails)
     os.makedirs(os.path.dirname(os.path.abspath(args.html)), exist_ok=True)
-    with open(args.html, "w", encoding="utf-8") as handle:
-        handle.write(page)
+    write_atomically(args.html, lambda handle: handle.write(page), text=True)
     print(json.dumps({"report": os.path.abspath(args.html), "rows": len(rows),
                       "errors": int((rows.status != "ok").sum()),
                       "thumbnails": thumbnails.count if thumbnails else 0}), flush=True)
     return 0
-
-
-def read_output(output: str, columns: list[str]) -> tuple[pd.DataFrame, list[dict[str, str]]]:
-    """Rows of every committed part of OUT (only `columns`, plus the part's `run_id`) and each
-    part's `batch_infer.*` metadata without the prefix. Only `part-*.parquet` is read, as every
-    other reader does: names starting with `.` or `_` are unfinished parts or bookkeeping.
-
-    pandas and pyarrow are imported here rather than at the top so `batch-infer --help` stays fast.
-    """
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    from .sink import PART_GLOB
-
-    if not os.path.isdir(output):
-        raise ConfigError(f"{output} does not exist; give the --output directory of a batch-infer run.")
-    parts = sorted(glob.glob(os.path.join(glob.escape(output), PART_GLOB)))
-    if not parts:
-        raise ConfigError(f"{output} has no {PART_GLOB} files; give the --output directory of a "
-                          "batch-infer run.")
-    frames, metadata = [], []
-    for part in parts:
-        schema = pq.read_schema(part)
-        missing = [name for name in columns if name not in schema.names]
-        if missing:
-            raise ConfigError(f"{part} has no column {', '.join(missing)}; is it batch-infer output?")
-        prefix = b"batch_infer."
-        meta = {key[len(prefix):].decode(): value.decode()
-                for key, value in (schema.metadata or {}).items() if key.startswith(prefix)}
-        metadata.append(meta)
-        frames.append(pq.read_table(part, columns=columns).to_pandas().assign(run_id=meta.get("run_id", "")))
-    return pd.concat(frames, ignore_index=True), metadata
 
 
 class Thumbnails:
@@ -153,7 +123,7 @@ def render(rows: pd.DataFrame, metadata: list[dict[str, str]], output: str,
     no_thumbnails = "" if thumbnails else (
         "<p class=note>No thumbnails: give <code>--input DIR</code> (the run's --input) to embed them.</p>")
     body = [
-        f"<h1>batch-infer report</h1><p class=path>{e(os.path.abspath(output))}</p>",
+        f"<h1>batch-infer report</h1><p class=path>{e(storage.absolute(output))}</p>",
         "<div class=cards>" + "".join(f"<div class=card>{e(name)}<b>{e(str(value))}</b></div>"
                                       for name, value in cards) + "</div>",
         f"<h2>Run</h2><div class=row><div>{_metadata_table(metadata)}</div>"
@@ -169,7 +139,7 @@ def render(rows: pd.DataFrame, metadata: list[dict[str, str]], output: str,
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return (f'<!doctype html><html lang=en><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f"<title>batch-infer report: {e(os.path.basename(os.path.abspath(output)))}</title>"
+            f"<title>batch-infer report: {e(os.path.basename(storage.absolute(output)))}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}"
             f"<p class=note>Generated {generated} by batch-infer {e(__version__)}.</p></body></html>\n")
 

@@ -18,7 +18,8 @@ from .labels import resolve_labels
 from .listing import ListedFile, in_shard, list_images
 from .lock import output_lock
 from .progress import Progress, log
-from .sink import PartWriter, error_rows, prediction_rows, remove_stale_temporaries, scored_paths
+from .output import scored_paths
+from .sink import PartWriter, error_rows, prediction_rows, remove_stale_temporaries
 
 
 @dataclass

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .atomic import write_atomically
 
 SCHEMA = pa.schema([
     ("path", pa.string()),
@@ -29,7 +30,6 @@ SCHEMA = pa.schema([
     ("top_k_indices", pa.list_(pa.int32())),
     ("top_k_scores", pa.list_(pa.float32())),
 ])
-PART_GLOB = "part-*.parquet"
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,29 +78,6 @@ def error_rows(paths: list[str], errors: list[str]) -> pa.Table:
                      for field in SCHEMA}, schema=SCHEMA)
 
 
-def scored_paths(output: str) -> set[str]:
-    """Paths already committed in OUT; reads only the `path` column of each part."""
-    if storage.is_url(output):
-        fs, root = storage.filesystem(output)
-        fs.invalidate_cache()  # parts committed by other runs since this process last looked
-        parts, filesystem = fs.glob(f"{root.rstrip('/')}/{PART_GLOB}"), fs
-    else:
-        parts, filesystem = glob.glob(os.path.join(glob.escape(output), PART_GLOB)), None
-    done: set[str] = set()
-    for part in parts:
-        table = pq.read_table(part, columns=["path"], filesystem=filesystem)
-        done.update(table.column("path").to_pylist())
-    return done
-
-
-def _fsync_dir(path: str) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 class PartWriter:
     """Buffers rows and commits them as a new part every `max_rows` rows or `max_seconds`."""
 
@@ -141,13 +118,8 @@ class PartWriter:
 
     def _write_and_rename(self, table: pa.Table, name: str) -> None:
         """Temporary name, fsync, rename, fsync the directory: complete or absent after a crash."""
-        temporary = os.path.join(self.output, f".{name}.tmp")
-        with open(temporary, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, os.path.join(self.output, name))
-        _fsync_dir(self.output)
+        write_atomically(os.path.join(self.output, name),
+                         lambda handle: pq.write_table(table, handle, compression="zstd"))
 
     def _put(self, table: pa.Table, name: str) -> None:
         """The whole part in one request under its final name: an object store has no rename,

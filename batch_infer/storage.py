@@ -13,6 +13,7 @@ runs never pay for it.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Iterator
 
@@ -32,6 +33,11 @@ EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 def is_url(path: str | bytes) -> bool:
     """s3://bucket/prefix, gs://..., memory://...: a path for fsspec rather than the OS."""
     return bool(_SCHEME.match(path.decode("utf-8", "replace") if isinstance(path, bytes) else path))
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; a URL as it is."""
+    return path if is_url(path) else os.path.abspath(path)
 
 
 def scheme(url: str) -> str:

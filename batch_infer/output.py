@@ -1,0 +1,74 @@
+"""Reading an output dataset back, locally or in object storage.
+
+Resume, `report` and `export` all read OUT through `read_parts`, so they agree on what a part is
+(`part-*.parquet`; names starting with `.` or `_` are unfinished parts or bookkeeping) and all
+work on s3://, gs://... outputs.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+from .config import ConfigError
+
+PART_GLOB = "part-*.parquet"
+METADATA_PREFIX = b"batch_infer."
+
+
+def part_files(output: str) -> tuple[list[str], object]:
+    """(committed parts of OUT sorted by name, the pyarrow-compatible file system to open them
+    with: None for local paths). An object store's listing cache is dropped first: parts
+    committed by other runs since this process last looked must count."""
+    if storage.is_url(output):
+        fs, root = storage.filesystem(output)
+        fs.invalidate_cache()
+        return sorted(fs.glob(f"{root.rstrip('/')}/{PART_GLOB}")), fs
+    return sorted(glob.glob(os.path.join(glob.escape(output), PART_GLOB))), None
+
+
+def part_metadata(schema: pa.Schema) -> dict[str, str]:
+    """The `batch_infer.*` key-value metadata of a part, without the prefix."""
+    return {key[len(METADATA_PREFIX):].decode(): value.decode()
+            for key, value in (schema.metadata or {}).items() if key.startswith(METADATA_PREFIX)}
+
+
+def iter_parts(output: str, columns: list[str]) -> Iterator[tuple[pa.Table, dict[str, str]]]:
+    """(rows of `columns`, metadata) of each committed part, one part in memory at a time."""
+    parts, filesystem = part_files(output)
+    for part in parts:
+        schema = pq.read_schema(part, filesystem=filesystem)
+        missing = [name for name in columns if name not in schema.names]
+        if missing:
+            raise ConfigError(f"{part} has no column {', '.join(missing)}; is it batch-infer output?")
+        yield pq.read_table(part, columns=columns, filesystem=filesystem), part_metadata(schema)
+
+
+def read_parts(output: str, columns: list[str]) -> tuple[pa.Table, list[dict[str, str]]]:
+    """Every committed row of OUT (only `columns`, plus each part's `run_id`) and each part's
+    metadata; ConfigError when OUT is missing or holds no parts, naming what to pass instead."""
+    exists = storage.is_dir(output) if storage.is_url(output) else os.path.isdir(output)
+    if not exists:
+        raise ConfigError(f"{output} does not exist; give the --output directory of a batch-infer run.")
+    tables, metadata = [], []
+    for table, meta in iter_parts(output, columns):
+        tables.append(table.append_column("run_id", pa.array([meta.get("run_id", "")] * table.num_rows,
+                                                             pa.string())))
+        metadata.append(meta)
+    if not tables:
+        raise ConfigError(f"{output} has no {PART_GLOB} files; give the --output directory of a "
+                          "batch-infer run.")
+    return pa.concat_tables(tables), metadata
+
+
+def scored_paths(output: str) -> set[str]:
+    """Paths already committed in OUT; reads only the `path` column of each part."""
+    done: set[str] = set()
+    for table, _ in iter_parts(output, ["path"]):
+        done.update(table.column("path").to_pylist())
+    return done
