@@ -44,14 +44,10 @@ def score(model: str, input: str, output: str, **options) -> dict:
 
     config = build_config({"model": model, "input": input, "output": output, **options})
     summary = run(config)
-    result = summary.as_dict()
-    if summary.stopped_by is not None:
-        raise RunFailed(f"stopped by signal {summary.stopped_by} after committing what was scored; "
-                        "call score again to score the rest", result, 128 + summary.stopped_by)
-    if config.max_error_rate is not None and summary.error_rate > config.max_error_rate:
-        raise RunFailed(f"error rate {summary.error_rate:.4f} exceeds max_error_rate "
-                        f"{config.max_error_rate}", result, 3)
-    return result
+    code, problem = summary.outcome(config.max_error_rate)
+    if problem is not None:
+        raise RunFailed(problem, summary.as_dict(), code)
+    return summary.as_dict()
 
 
 # Options about the run as a whole, which a Dataset already settles or which need an output.
@@ -75,7 +71,7 @@ def score_dataset(dataset, model: str, **options):
         rows.write_parquet("s3://scores/2024/")
     """
     from . import ray_engine
-    from .model import load_runner
+    from .scorer import Scorer
 
     misplaced = sorted(set(options) & set(_RUN_ONLY))
     if misplaced:
@@ -84,7 +80,6 @@ def score_dataset(dataset, model: str, **options):
                           "whole run.")
     # No input or output: the Dataset brings the bytes and the caller keeps the rows.
     config = RunConfig(model=os.path.abspath(model), input="", output="", **parse_options(options))
-    load_runner(config.model, config.signature, config.input_key, config.output_key,
-                config.image_size, config.preprocess, config.activation)
+    Scorer.load(config)
     ray_engine.connect(config)
     return ray_engine.scored(dataset, config)

@@ -9,10 +9,9 @@ import sys
 
 from . import __version__, export, report
 from .config import ConfigError, build_config, parse_image_size, add_run_arguments
-from .labels import find_labels_file, read_labels
 from .progress import log, setup_logging
 
-EXIT_OK, EXIT_USAGE, EXIT_ERROR_BUDGET = 0, 2, 3
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,56 +81,17 @@ def _run(args: argparse.Namespace) -> int:
 
     summary = run(config)
     print(json.dumps(summary.as_dict()), flush=True)
-    if summary.stopped_by is not None:
-        log.warning("stopped early by signal %d; re-run the same command to score the rest",
-                    summary.stopped_by)
-        return 128 + summary.stopped_by
-    if config.max_error_rate is not None and summary.error_rate > config.max_error_rate:
-        log.warning("error rate %.4f exceeds --max-error-rate %s", summary.error_rate,
-                    config.max_error_rate)
-        return EXIT_ERROR_BUDGET
-    return EXIT_OK
+    code, problem = summary.outcome(config.max_error_rate)
+    if problem is not None:
+        log.warning("%s", problem)
+    return code
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .model import describe
+    from .describe import describe, format_description
 
     image_size = parse_image_size("image_size", args.image_size) if args.image_size else None
-    model = os.path.abspath(args.model)
-    info = describe(model, args.signature, args.input_key, args.output_key, image_size)
-    labels_file = find_labels_file(model, None)
-    info["labels"] = {"file": labels_file, "count": len(read_labels(labels_file))} if labels_file else None
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(format_description(info))
+    info = describe(os.path.abspath(args.model), args.signature, args.input_key, args.output_key,
+                    image_size)
+    print(json.dumps(info, indent=2) if args.json else format_description(info))
     return EXIT_OK
-
-
-def format_description(info: dict) -> str:
-    from .model import TensorInfo
-
-    lines = [f"SavedModel {info['model']}", ""]
-    for name, signature in info["signatures"].items():
-        lines.append(f"signature {name!r}")
-        for kind in ("inputs", "outputs"):
-            lines += [f"  {kind[:-1]:<6} {TensorInfo(**tensor).describe()}" for tensor in signature[kind]]
-    lines.append("")
-    chosen = info["run"]
-    if chosen is None:
-        lines.append(f"run would stop: {info['problem']}")
-    else:
-        lines.append("run would use:")
-        size = chosen["image_size"] or "(the model decodes the bytes itself)"
-        rows = [
-            ("signature", chosen["signature"]), ("input key", chosen["input_key"]),
-            ("input", f"{chosen['input']}, {chosen['input_dtype']}"), ("image size", size),
-            ("channels", chosen["channels"] or "-"), ("preprocess", chosen["preprocess"]),
-            ("output key", f"{chosen['output_key']} ({chosen['num_classes']} classes)"),
-            ("activation", f"{chosen['activation']} ({chosen['activation_reason']})"),
-        ]
-        lines += [f"  {key:<11} {value}" for key, value in rows]
-    labels = info["labels"]
-    lines.append("labels: " + (f"{labels['file']} ({labels['count']} labels)" if labels
-                               else "none found next to the model; rows show class indices (use --labels FILE)"))
-    return "\n".join(lines)

@@ -1,21 +1,22 @@
-"""The only module that touches tf.saved_model: loading, reading signatures, and calling one.
+"""The only module that touches tf.saved_model: loading a model once, reading its signatures,
+and calling one.
 
-Most SavedModel mistakes are about what the signature expects, so everything `run` decides
-(input, output, size, channels, dtype, activation) is decided here once, explained by `inspect`,
-and recorded in the output metadata.
+Most SavedModel mistakes are about what the signature expects, so everything about feeding it
+(input, size, channels, dtype) is decided here once, explained by `inspect`, and recorded in the
+output metadata. What its outputs mean is the business of `heads`: a `Model` only returns them,
+raw and by name.
 """
 
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 
 import numpy as np
 
 from .config import ConfigError
-from .pipeline import InputSpec, preprocess, short_error
-from .tf_import import tf
+from .preprocessing import preprocess
+from .tf_import import short_error, tf
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,26 @@ class TensorInfo:
         return self.shape is not None and len(self.shape) == 4 and self.shape[3] in (1, 3)
 
     @property
-    def is_class_scores(self) -> bool:
+    def is_vector(self) -> bool:
+        """[batch, N] floats: class scores, or a feature vector."""
         return self.dtype.startswith(("float", "bfloat")) and self.shape is not None and len(self.shape) == 2
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the decoder must produce for one image."""
+
+    encoded: bool  # the signature takes the file's bytes (tf.string) and decodes them itself
+    image_size: tuple[int, int] | None
+    channels: int | None
+    dtype: tf.DType
+    preprocess: str
+
+    def describe(self) -> str:
+        """As the `input` metadata says it: "float32 224x224x3" or "encoded bytes"."""
+        if self.encoded:
+            return "encoded bytes"
+        return f"{self.dtype.name} {self.image_size[0]}x{self.image_size[1]}x{self.channels}"
 
 
 def _infos(specs: dict) -> list[TensorInfo]:
@@ -109,27 +128,6 @@ def choose_input(inputs: list[TensorInfo], key: str | None, signature: str) -> T
     return chosen
 
 
-def choose_output(outputs: list[TensorInfo], key: str | None, signature: str) -> TensorInfo:
-    names = ", ".join(info.describe() for info in outputs)
-    if key is not None:
-        matches = [info for info in outputs if info.name == key]
-        if not matches:
-            raise ConfigError(f"Output key {key!r} is not an output of signature {signature!r}; "
-                              f"outputs are {names}.")
-        if not matches[0].is_class_scores:
-            raise ConfigError(f"Output {matches[0].describe()} is not [batch, classes] scores; "
-                              f"choose another --output-key among {names}.")
-        return matches[0]
-    candidates = [info for info in outputs if info.is_class_scores]
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise ConfigError(f"No output of signature {signature!r} is [batch, classes] float scores "
-                          f"(outputs: {names}); batch-infer needs a classification output.")
-    raise ConfigError(f"Signature {signature!r} has several outputs that could be the class scores "
-                      f"({', '.join(c.name for c in candidates)}); choose one with --output-key.")
-
-
 def input_spec(chosen: TensorInfo, image_size: tuple[int, int] | None, preprocess: str) -> InputSpec:
     """Resolves size, channels and dtype; the signature wins, flags fill what it leaves open."""
     if chosen.dtype == "string":
@@ -164,97 +162,50 @@ def probe_batch(spec: InputSpec, count: int = 4) -> tf.Tensor:
     return tf.cast(preprocess(tf.constant(pixels, tf.float32), spec.preprocess), spec.dtype)
 
 
-def detect_activation(outputs: np.ndarray) -> tuple[str, str]:
-    """(activation, why) for raw outputs: probabilities pass through, anything else is logits."""
-    within_unit = bool(np.all((outputs >= 0) & (outputs <= 1)))
-    if within_unit and outputs.shape[1] > 1 and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
-        return "none", "outputs are probabilities (rows sum to 1)"
-    if within_unit:
-        return "none", "outputs lie in [0, 1] (independent probabilities)"
-    if outputs.shape[1] == 1:
-        return "sigmoid", "single output outside [0, 1] looks like a logit"
-    return "softmax", "outputs outside [0, 1] look like logits"
-
-
 @dataclass
-class ModelRunner:
-    """A loaded signature plus every decision about how to feed it and read it."""
+class Model:
+    """A loaded signature and how to feed it; `predict` returns every output, raw, by name.
+
+    `probe` holds the outputs for `probe_batch(spec)`, computed once at load, so that heads can
+    settle their choices (which output, which activation) before any file is read.
+    """
 
     path: str
     signature: str
     function: object
     input_key: str
-    output_key: str
     spec: InputSpec
-    num_classes: int
-    activation: str
-    activation_reason: str
+    outputs: list[TensorInfo]
+    probe: dict[str, np.ndarray]
     _loaded: object = None  # keeps the SavedModel's variables alive
 
-    def raw_outputs(self, batch) -> tf.Tensor:
-        return self.function(**{self.input_key: batch})[self.output_key]
+    def predict(self, batch) -> dict[str, np.ndarray]:
+        return {name: value.numpy() for name, value in self.function(**{self.input_key: batch}).items()}
 
-    def predict(self, batch) -> np.ndarray:
-        """Scores after activation, [batch, classes]; a single sigmoid output becomes [1 - p, p]."""
-        outputs = tf.cast(self.raw_outputs(batch), tf.float32)
-        if self.activation == "softmax":
-            outputs = tf.nn.softmax(outputs, axis=-1)
-        elif self.activation == "sigmoid":
-            outputs = tf.sigmoid(outputs)
-        scores = outputs.numpy()
-        if scores.shape[1] == 1:
-            scores = np.concatenate([1.0 - scores, scores], axis=1)
-        return scores
-
-    def predict_or_isolate(self, batch) -> tuple[np.ndarray, dict[int, str]]:
-        """Scores, plus {row: reason} for rows the model rejected.
-
-        When the batch call fails (say an encoded-bytes model meets a corrupt file), each image is
-        retried alone, so one bad input costs one error row instead of the whole batch.
-        """
-        try:
-            return self.predict(batch), {}
-        except tf.errors.OpError:
-            pass
-        rows, failures = [], {}
-        for row in range(int(tf.shape(batch)[0])):
-            try:
-                rows.append(self.predict(batch[row:row + 1])[0])
-            except tf.errors.OpError as error:
-                failures[row] = f"model: {short_error(error)}"
-                rows.append(np.full(self.num_classes, np.nan, np.float32))
-        return np.stack(rows), failures
+    def metadata(self) -> dict[str, str]:
+        return {"model": self.path, "signature": self.signature, "input_key": self.input_key,
+                "input": self.spec.describe(), "preprocess": self.spec.preprocess}
 
 
-def load_runner(path: str, signature: str = "serving_default", input_key: str | None = None,
-                output_key: str | None = None, image_size: tuple[int, int] | None = None,
-                preprocess: str = "raw", activation: str = "auto") -> ModelRunner:
-    """Loads the model and settles every choice before any file is read; ConfigError otherwise."""
-    return runner_for(load_saved_model(path), path, signature, input_key, output_key, image_size,
-                      preprocess, activation)
+def load_model(path: str, signature: str = "serving_default", input_key: str | None = None,
+               image_size: tuple[int, int] | None = None, preprocess: str = "raw") -> Model:
+    """Loads a SavedModel and settles how to feed it, before any file is read; ConfigError otherwise."""
+    return model_for(load_saved_model(path), path, signature, input_key, image_size, preprocess)
 
 
-def runner_for(loaded, path: str, signature: str, input_key: str | None, output_key: str | None,
-               image_size: tuple[int, int] | None, preprocess: str, activation: str) -> ModelRunner:
+def model_for(loaded, path: str, signature: str, input_key: str | None,
+              image_size: tuple[int, int] | None, preprocess: str) -> Model:
     function = get_signature(loaded, path, signature)
-    chosen_input = choose_input(signature_inputs(function), input_key, signature)
-    chosen_output = choose_output(signature_outputs(function), output_key, signature)
-    spec = input_spec(chosen_input, image_size, preprocess)
+    chosen = choose_input(signature_inputs(function), input_key, signature)
+    spec = input_spec(chosen, image_size, preprocess)
+    model = Model(path, signature, function, chosen.name, spec, signature_outputs(function), {}, loaded)
     try:
-        probe = function(**{chosen_input.name: probe_batch(spec)})[chosen_output.name].numpy()
+        model.probe = model.predict(probe_batch(spec))
     except Exception as error:
         raise ConfigError(f"Signature {signature!r} failed on a test batch of "
                           f"{spec.image_size or 'encoded'} images ({short_error(error)[:300]}); check "
                           "--image-size and --preprocess against what the model was trained on.") from None
-    width = probe.shape[1]
-    if activation == "auto":
-        activation, reason = detect_activation(probe.astype(np.float64))
-    else:
-        reason = "set by --activation"
-    if width == 1 and activation == "softmax":
-        raise ConfigError("--activation softmax on a single output always gives 1.0; use sigmoid or auto.")
-    return ModelRunner(path, signature, function, chosen_input.name, chosen_output.name, spec,
-                       2 if width == 1 else width, activation, reason, loaded)
+    return model
 
 
 def configure_device(device: str) -> str:
@@ -272,30 +223,3 @@ def configure_device(device: str) -> str:
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     return "gpu" if gpus else "cpu"
-
-
-def describe(path: str, signature: str = "serving_default", input_key: str | None = None,
-             output_key: str | None = None, image_size: tuple[int, int] | None = None,
-             preprocess: str = "raw") -> dict:
-    """Every signature, and what `run` would choose with these options, or why it would stop."""
-    loaded = load_saved_model(path)
-    signatures = {
-        name: {"inputs": [vars(info) for info in signature_inputs(function)],
-               "outputs": [vars(info) for info in signature_outputs(function)]}
-        for name, function in sorted(loaded.signatures.items())
-    }
-    result = {"model": path, "signatures": signatures}
-    try:
-        runner = runner_for(loaded, path, signature, input_key, output_key, image_size, preprocess, "auto")
-    except ConfigError as error:
-        return {**result, "run": None, "problem": str(error)}
-    spec = runner.spec
-    result["run"] = {
-        "signature": runner.signature, "input_key": runner.input_key, "output_key": runner.output_key,
-        "input": "encoded image bytes" if spec.encoded else "pixels",
-        "image_size": None if spec.encoded else f"{spec.image_size[0]}x{spec.image_size[1]}",
-        "channels": spec.channels, "input_dtype": spec.dtype.name, "preprocess": spec.preprocess,
-        "num_classes": runner.num_classes, "activation": runner.activation,
-        "activation_reason": runner.activation_reason,
-    }
-    return result

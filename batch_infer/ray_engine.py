@@ -2,11 +2,12 @@
 
 Ray reads the files with `read_binary_files`, which hands over bytes and leaves judging them to
 us (`read_images` stops the job at the first bad file, or silently drops whole blocks). Actors
-that each load the model once decode those bytes with the local engine's `pipeline.decode` and
-call the signature, so a bad file gives the same error row on either engine. The rows come back
-to the driver and go through the same `PartWriter` as locally: the same schema and metadata,
-atomic parts, commit cadence and signal handling. A row is about 200 bytes against the tens of
-kilobytes of its image, so the driver is never what limits a run.
+that each load the model once decode those bytes with the local engine's `decoding.decode` and
+call the signature through the same `Scorer` as the local engine, so a bad file gives the same
+error row on either engine. The rows come back to the driver and go through the same
+`PartWriter` as locally: the same schema and metadata, atomic parts, commit cadence and signal
+handling. A row is about 200 bytes against the tens of kilobytes of its image, so the driver is
+never what limits a run.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import pyarrow as pa
 from . import storage
 from .config import ConfigError, RunConfig
 from .listing import ListedFile
-from .progress import Progress
-from .sink import PartWriter, error_rows, prediction_rows
 
 
 def connect(config: RunConfig) -> None:
@@ -65,47 +64,49 @@ def check_resources(resources: dict[str, float], concurrency: int, num_gpus: flo
                           "lower --concurrency or --num-gpus, or add GPU nodes.")
 
 
-def score(config: RunConfig, spec, todo: list[ListedFile], decoding, writer: PartWriter,
-          progress: Progress, stop) -> tuple[int, int]:
-    """Scores `todo` on the cluster into `writer`; returns (ok rows, error rows).
+class RayEngine:
+    def __init__(self, config: RunConfig):
+        self.config = config
 
-    As locally, files the listing refused or over --max-file-mb get their error rows here,
-    unread. Ray leaves out files that vanished since the listing (ignore_missing_paths) and
-    they get read errors at the end, so every listed file still has exactly one row.
-    """
-    from .pipeline import diagnose
+    def prepare(self):
+        """Joins the cluster first (it may refuse the run, and ray.init installs signal handlers),
+        then loads the model here on the CPU to check it and to diagnose files; the actors score."""
+        from .model import configure_device
+        from .scorer import Scorer
 
-    fs = storage.filesystem(config.input)[0] if storage.is_url(config.input) else None
-    unread: dict[str, str] = {}  # path: reason
-    locations: dict[str, str] = {}  # where Ray reads the file: path
-    for item in todo:
-        location = _location(item, fs)
-        if item.problem is not None:
-            unread[item.path] = item.problem
-        elif item.size > decoding.max_file_bytes:
-            unread[item.path] = diagnose(item, spec, decoding)
-        elif location is None:
-            unread[item.path] = "read: the file name is not UTF-8, which Ray cannot open"
-        else:
-            locations[location] = item.path
-    writer.add(error_rows(list(unread), list(unread.values())))
-    progress.update(len(unread))
-    ok, errors = 0, len(unread)
-    if locations:
-        rows = scored(_read(list(locations), fs), config)
-        for table in rows.iter_batches(batch_format="pyarrow", batch_size=None):
-            paths = [locations.pop(location) for location in table.column("path").to_pylist()]
-            table = table.set_column(0, "path", pa.array(paths, pa.string()))
-            writer.add(table)
-            failed = table.column("status").to_pylist().count("error")
-            ok, errors = ok + table.num_rows - failed, errors + failed
-            progress.update(table.num_rows)
-            if stop.received is not None:
-                return ok, errors
-    vanished = list(locations.values())
-    writer.add(error_rows(vanished, ["read: the file disappeared after it was listed"] * len(vanished)))
-    progress.update(len(vanished))
-    return ok, errors + len(vanished)
+        connect(self.config)
+        configure_device("cpu")
+        self.scorer = Scorer.load(self.config)
+        return self.scorer, {"device": "gpu" if self.config.num_gpus else "cpu",
+                             "threads": "one model per Ray actor"}
+
+    def score(self, todo: list[ListedFile]):
+        """Rows for every file of `todo`, in tables as the actors return them.
+
+        As locally, files the listing refused or over --max-file-mb get their error rows here,
+        unread. Ray leaves out files that vanished since the listing (ignore_missing_paths) and
+        they get read errors at the end, so every listed file still has exactly one row.
+        """
+        refused, readable = self.scorer.triage(todo)
+        yield refused
+        fs = storage.filesystem(self.config.input)[0] if storage.is_url(self.config.input) else None
+        unnamed: list[str] = []
+        locations: dict[str, str] = {}  # where Ray reads the file: path
+        for item in readable:
+            location = _location(item, fs)
+            if location is None:
+                unnamed.append(item.path)
+            else:
+                locations[location] = item.path
+        yield self.scorer.error_rows(unnamed, ["read: the file name is not UTF-8, which Ray cannot open"]
+                                     * len(unnamed))
+        if locations:
+            rows = scored(_read(list(locations), fs), self.config)
+            for table in rows.iter_batches(batch_format="pyarrow", batch_size=None):
+                paths = [locations.pop(location) for location in table.column("path").to_pylist()]
+                yield table.set_column(0, "path", pa.array(paths, pa.string()))
+        vanished = list(locations.values())
+        yield self.scorer.error_rows(vanished, ["read: the file disappeared after it was listed"] * len(vanished))
 
 
 def _location(item: ListedFile, fs) -> str | None:
@@ -134,38 +135,26 @@ def scored(files, config: RunConfig):
     `config.concurrency` actors holding the model, with `config.num_gpus` GPUs each."""
     from ray.data import ActorPoolStrategy
 
-    return files.map_batches(Scorer, fn_constructor_args=(config,), batch_size=config.batch_size,
+    return files.map_batches(Actor, fn_constructor_args=(config,), batch_size=config.batch_size,
                              batch_format="numpy", num_cpus=1, num_gpus=config.num_gpus,
                              compute=ActorPoolStrategy(size=config.concurrency))
 
 
-class Scorer:
-    """One per Ray actor: loads the model once, then decodes and scores batches of files."""
+class Actor:
+    """One per Ray actor: loads the model once, then decodes and scores batches of files with
+    the same `Scorer` as the local engine, so a file gives the same row on either engine."""
 
     def __init__(self, config: RunConfig):
-        from .labels import resolve_labels
-        from .model import configure_device, load_runner
-        from .pipeline import BytesDecoder, DecodeOptions
+        from .model import configure_device
+        from .pipeline import BytesDecoder
+        from .scorer import Scorer
 
         configure_device(config.device if config.num_gpus else "cpu")
-        self.model = load_runner(config.model, config.signature, config.input_key, config.output_key,
-                                 config.image_size, config.preprocess, config.activation)
-        self.labels, _ = resolve_labels(config.model, config.labels, self.model.num_classes)
-        self.top_k = min(config.top_k, self.model.num_classes)
-        self.decoding = DecodeOptions.from_config(config)
-        self.decode = BytesDecoder(self.model.spec, self.decoding)
+        self.scorer = Scorer.load(config)
+        self.decode = BytesDecoder(self.scorer.model.spec, self.scorer.decoding)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """The same steps as the local engine: decode, explain the failures, predict."""
-        from .pipeline import diagnose_data
-
-        paths, data = [str(path) for path in batch["path"]], list(batch["bytes"])
+        data = list(batch["bytes"])
+        items = [ListedFile(str(path), str(path).encode()) for path in batch["path"]]
         decoded, images = self.decode(data)
-        failed = sorted(set(range(len(paths))) - set(decoded.tolist()))
-        tables = [error_rows([paths[i] for i in failed],
-                             [diagnose_data(data[i], self.model.spec, self.decoding) for i in failed])]
-        if len(decoded):
-            scores, failures = self.model.predict_or_isolate(images)
-            tables.append(prediction_rows([paths[i] for i in decoded], scores, failures, self.top_k,
-                                          self.labels))
-        return pa.concat_tables(tables)
+        return self.scorer.rows(items, decoded, images, data)

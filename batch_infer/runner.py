@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 import signal
@@ -10,16 +11,17 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
-from . import __version__, parallel, storage
+from . import __version__, storage
 from .config import RunConfig
-from .labels import resolve_labels
 from .listing import ListedFile, in_shard, list_images
 from .lock import output_lock
-from .progress import Progress, log
 from .output import scored_paths
-from .sink import PartWriter, error_rows, prediction_rows, remove_stale_temporaries
+from .progress import Progress, log
+from .sink import PartWriter, remove_stale_temporaries
+
+EXIT_OK, EXIT_ERROR_BUDGET = 0, 3
+# Each engine has the same two calls: prepare() -> (scorer, metadata), score(todo) -> tables.
+ENGINES = {"local": ("local_engine", "LocalEngine"), "ray": ("ray_engine", "RayEngine")}
 
 
 @dataclass
@@ -40,6 +42,15 @@ class Summary:
     def error_rate(self) -> float:
         scored = self.ok + self.errors
         return self.errors / scored if scored else 0.0
+
+    def outcome(self, max_error_rate: float | None) -> tuple[int, str | None]:
+        """(exit code, why it is not 0) by the contract, for the command and the API alike."""
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by, (f"stopped by signal {self.stopped_by} after committing what "
+                                           "was scored; run again to score the rest")
+        if max_error_rate is not None and self.error_rate > max_error_rate:
+            return EXIT_ERROR_BUDGET, f"error rate {self.error_rate:.4f} exceeds --max-error-rate {max_error_rate}"
+        return EXIT_OK, None
 
     def as_dict(self) -> dict:
         return {"files": self.files, "ok": self.ok, "errors": self.errors, "skipped": self.skipped,
@@ -83,6 +94,11 @@ def files_to_score(config: RunConfig, listed: list[ListedFile]) -> list[ListedFi
     return [item for item in listed if item.path not in done]
 
 
+def engine_for(config: RunConfig):
+    module, name = ENGINES[config.engine]
+    return getattr(importlib.import_module(f".{module}", __package__), name)(config)
+
+
 def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summary:
     started = clock()
     listed = in_shard(list_images(config.input, config.extensions, config.recursive), config.shard)
@@ -99,41 +115,14 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
         return summary()
 
     # TensorFlow is imported only now, so a no-op re-run returns before paying for it.
-    from .model import configure_device, load_runner
-    from .pipeline import DecodeOptions
-
-    if config.engine == "ray":
-        from . import ray_engine
-
-        ray_engine.connect(config)  # first: it may refuse the run, and it installs signal handlers
-        configure_device("cpu")  # here the model is only checked; the actors score
-        device = "gpu" if config.num_gpus else "cpu"
-        threads = None
-    else:
-        device = configure_device(config.device)
-        threads = parallel.configure(device)
-    model = load_runner(config.model, config.signature, config.input_key, config.output_key,
-                        config.image_size, config.preprocess, config.activation)
-    labels, labels_source = resolve_labels(config.model, config.labels, model.num_classes)
-    top_k = min(config.top_k, model.num_classes)
+    engine = engine_for(config)
+    scorer, placement = engine.prepare()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-    metadata = {
-        "run_id": run_id, "model": config.model, "signature": model.signature,
-        "input_key": model.input_key, "output_key": model.output_key,
-        "input": "encoded bytes" if model.spec.encoded else
-                 f"{model.spec.dtype.name} {model.spec.image_size[0]}x{model.spec.image_size[1]}x{model.spec.channels}",
-        "preprocess": config.preprocess, "activation": model.activation,
-        "activation_reason": model.activation_reason, "labels_source": labels_source,
-        "top_k": str(top_k), "shard": f"{config.shard[0]}/{config.shard[1]}", "device": device,
-        "batch_infer_version": __version__, "tensorflow_version": _tensorflow_version(),
-        "exif_transpose": str(config.exif_transpose).lower(), "max_pixels": str(config.max_pixels),
-        "max_file_mb": str(config.max_file_mb), "scaled_decode": str(config.scaled_decode).lower(),
-        "engine": config.engine, "threads": threads.describe() if threads else "one model per Ray actor",
-    }
-    log.info("model %s: signature %s, input %s, output %s (%d classes, activation %s: %s), labels: %s",
-             config.model, model.signature, metadata["input"], model.output_key, model.num_classes,
-             model.activation, model.activation_reason, labels_source)
-    log.info("device %s: %s", device, metadata["threads"])
+    metadata = {"run_id": run_id, **scorer.metadata(), **placement,
+                "shard": f"{config.shard[0]}/{config.shard[1]}", "engine": config.engine,
+                "batch_infer_version": __version__, "tensorflow_version": _tensorflow_version()}
+    log.info("model %s: %s", config.model, scorer.describe())
+    log.info("device %s: %s", placement["device"], placement["threads"])
 
     local_output = not storage.is_url(config.output)
     if local_output:
@@ -142,58 +131,20 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
         if local_output:
             remove_stale_temporaries(config.output, shard_tag(config))
         todo = files_to_score(config, listed)  # again under the lock: another run may have finished
-        writer = PartWriter(config.output, f"{shard_tag(config)}-{run_id}", metadata,
+        writer = PartWriter(config.output, f"{shard_tag(config)}-{run_id}", scorer.schema, metadata,
                             max_rows=config.commit_every, clock=clock)
         progress = Progress(len(todo), config.quiet, clock=clock)
-        decoding = DecodeOptions.from_config(config)
-        if config.engine == "ray":
-            ok, errors = ray_engine.score(config, model.spec, todo, decoding, writer, progress, stop)
-        else:
-            ok, errors = _score(model, todo, labels, top_k, config.batch_size, decoding, threads,
-                                writer, progress, stop)
+        ok = errors = 0
+        for table in engine.score(todo):
+            writer.add(table)
+            failed = table.column("status").to_pylist().count("error")
+            ok, errors = ok + table.num_rows - failed, errors + failed
+            progress.update(table.num_rows)
+            if stop.received is not None:
+                break
         writer.commit()
         progress.close()
         return summary(ok, errors, stop.received)
-
-
-def _score(model, todo: list[ListedFile], labels: np.ndarray, top_k: int, batch_size: int,
-           decoding, threads: parallel.ThreadPlan, writer: PartWriter, progress: Progress,
-           stop: StopSignals) -> tuple[int, int]:
-    """Streams `todo` through the model into `writer`, `threads.streams` batches at a time;
-    returns (ok rows, error rows)."""
-    from .pipeline import batches, diagnose
-
-    refused = [item for item in todo if item.problem is not None]
-    readable = [item for item in todo if item.problem is None]
-    writer.add(error_rows([item.path for item in refused], [item.problem for item in refused]))
-    progress.update(len(refused))
-    ok, errors = 0, len(refused)
-
-    def dropped(indices: list[int]) -> None:
-        """Files the pipeline could not turn into images: find out why, one by one."""
-        nonlocal errors
-        if indices:
-            items = [readable[i] for i in indices]
-            writer.add(error_rows([item.path for item in items],
-                                  [diagnose(item, model.spec, decoding) for item in items]))
-            errors += len(items)
-            progress.update(len(items))
-
-    next_index = 0
-    decoded = batches(readable, model.spec, batch_size, decoding, threads)
-    for (indices, _), (scores, failures) in parallel.in_order(
-            lambda batch: model.predict_or_isolate(batch[1]), decoded, threads.streams):
-        arrived = set(indices.tolist())
-        dropped([i for i in range(next_index, int(indices[-1])) if i not in arrived])
-        next_index = int(indices[-1]) + 1
-        writer.add(prediction_rows([readable[i].path for i in indices], scores, failures, top_k, labels))
-        ok += len(indices) - len(failures)
-        errors += len(failures)
-        progress.update(len(indices))
-        if stop.received is not None:
-            return ok, errors
-    dropped(list(range(next_index, len(readable))))
-    return ok, errors
 
 
 def _tensorflow_version() -> str:

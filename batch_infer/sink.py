@@ -1,4 +1,4 @@
-"""The only module that writes Parquet: rows to Arrow, parts committed atomically, resume.
+"""The only module that writes Parquet: parts committed atomically.
 
 A part is written under a name starting with `.`, fsynced, then renamed to `part-*.parquet`, so
 every reader (pyarrow, pandas, DuckDB, Polars) sees complete parts only, at any moment. Object
@@ -13,79 +13,22 @@ import os
 import time
 from typing import Callable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
 from .atomic import write_atomically
 
-SCHEMA = pa.schema([
-    ("path", pa.string()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("label", pa.string()),
-    ("score", pa.float32()),
-    ("top_k_labels", pa.list_(pa.string())),
-    ("top_k_indices", pa.list_(pa.int32())),
-    ("top_k_scores", pa.list_(pa.float32())),
-])
-
-
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and scores of the k best classes per row, best first; ties keep the lower index."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return order.astype(np.int32), np.take_along_axis(scores, order, axis=1).astype(np.float32)
-
-
-def _fixed_lists(values: pa.Array, rows: int, k: int) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * k + 1, k, dtype=np.int32)), values)
-
-
-def ok_rows(paths: list[str], scores: np.ndarray, k: int, labels: np.ndarray) -> pa.Table:
-    """Rows for scored files, built column-wise: no Python loop per row."""
-    indices, best = top_k(scores, k)
-    rows = len(paths)
-    names = labels[indices]
-    return pa.table({
-        "path": pa.array(paths, pa.string()),
-        "status": pa.array(np.full(rows, "ok", dtype=object), pa.string()),
-        "error": pa.nulls(rows, pa.string()),
-        "label": pa.array(names[:, 0], pa.string()),
-        "score": pa.array(best[:, 0], pa.float32()),
-        "top_k_labels": _fixed_lists(pa.array(names.ravel(), pa.string()), rows, k),
-        "top_k_indices": _fixed_lists(pa.array(indices.ravel(), pa.int32()), rows, k),
-        "top_k_scores": _fixed_lists(pa.array(best.ravel(), pa.float32()), rows, k),
-    }, schema=SCHEMA)
-
-
-def prediction_rows(paths: list[str], scores: np.ndarray, failures: dict[int, str], k: int,
-                    labels: np.ndarray) -> pa.Table:
-    """Rows for one model call: scored rows, and error rows for the rows the model rejected."""
-    good = np.array([row not in failures for row in range(len(paths))], dtype=bool)
-    return pa.concat_tables([
-        ok_rows([path for path, ok in zip(paths, good) if ok], scores[good], k, labels),
-        error_rows([paths[row] for row in failures], list(failures.values())),
-    ])
-
-
-def error_rows(paths: list[str], errors: list[str]) -> pa.Table:
-    rows = len(paths)
-    columns = {"path": pa.array(paths, pa.string()),
-               "status": pa.array(["error"] * rows, pa.string()),
-               "error": pa.array(errors, pa.string())}
-    return pa.table({field.name: columns.get(field.name, pa.nulls(rows, field.type))
-                     for field in SCHEMA}, schema=SCHEMA)
 
 
 class PartWriter:
     """Buffers rows and commits them as a new part every `max_rows` rows or `max_seconds`."""
 
-    def __init__(self, output: str, name_prefix: str, metadata: dict[str, str], max_rows: int,
-                 max_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, output: str, name_prefix: str, schema: pa.Schema, metadata: dict[str, str],
+                 max_rows: int, max_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self.output = output
         self.name_prefix = name_prefix
-        self.schema = SCHEMA.with_metadata({f"batch_infer.{k}": v for k, v in metadata.items()})
+        self.schema = schema.with_metadata({f"batch_infer.{k}": v for k, v in metadata.items()})
         self.max_rows = max_rows
         self.max_seconds = max_seconds
         self.clock = clock

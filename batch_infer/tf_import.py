@@ -1,5 +1,5 @@
 """TensorFlow, imported with its native start-up chatter kept off our stderr, and with its
-pooling allocator on the CPU.
+pooling allocator on the CPU; and its error messages made short enough for an error row.
 
 TensorFlow's C++ side prints CUDA probing lines before its log settings apply, so the only way
 to keep stderr to our own messages is to point file descriptor 2 elsewhere during the import and
@@ -7,6 +7,7 @@ the first device query. With BATCH_INFER_DEBUG set, nothing is hidden.
 """
 
 import os
+import re
 import sys
 import tempfile
 
@@ -43,3 +44,18 @@ def _import_quietly():
 
 
 tf = _import_quietly()
+
+
+_TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*$")
+
+
+def short_error(error: Exception) -> str:
+    """A TensorFlow error message without the op and device decorations.
+
+    Errors raised inside a tf.function start with "Graph execution error" and a Python stack;
+    the op's own message is the last line before its "[[{{node ...}}]]" tag.
+    """
+    message = (getattr(error, "message", None) or str(error)).strip()
+    if message.startswith("Graph execution error"):
+        message = re.split(r"\n\s*\[\[", message)[0].strip().splitlines()[-1]
+    return _TF_NOISE.sub("", message).strip().splitlines()[0] if message else type(error).__name__

@@ -40,9 +40,11 @@ sys.path.insert(0, HERE)
 import corpora  # noqa: E402
 import engines  # noqa: E402
 from batch_infer import parallel  # noqa: E402
+from batch_infer.decoding import DecodeOptions  # noqa: E402
+from batch_infer.heads import Classification  # noqa: E402
 from batch_infer.listing import list_images  # noqa: E402
-from batch_infer.model import load_runner  # noqa: E402
-from batch_infer.pipeline import DecodeOptions, batches  # noqa: E402
+from batch_infer.model import load_model  # noqa: E402
+from batch_infer.pipeline import batches  # noqa: E402
 from batch_infer.tf_import import tf  # noqa: E402
 
 BATCH = 32
@@ -92,6 +94,10 @@ def decode_limit(runner, folder: str, plan: parallel.ThreadPlan) -> float:
     return rate(len(files) - len(half), statistics.median(marginal_s() for _ in range(engines.PAIRS)))
 
 
+def top_1(model, batch) -> np.ndarray:
+    return Classification.for_model(model).scores(model.predict(batch)).argmax(1)
+
+
 def scaled_decode_fidelity(runner, folder: str) -> tuple[float, float]:
     """(mean PSNR in dB of scaled vs full-decode model inputs, top-1 agreement of the model)."""
     files = list_images(folder, ("jpg",))
@@ -102,7 +108,7 @@ def scaled_decode_fidelity(runner, folder: str) -> tuple[float, float]:
         a, b = scaled_batch.numpy().astype(np.float64), full_batch.numpy().astype(np.float64)
         mse = np.maximum(((a - b) ** 2).mean(axis=(1, 2, 3)), 1e-12)
         psnrs.extend(10 * np.log10(255.0**2 / mse))
-        agree += int((runner.predict(scaled_batch).argmax(1) == runner.predict(full_batch).argmax(1)).sum())
+        agree += int((top_1(runner, scaled_batch) == top_1(runner, full_batch)).sum())
     return float(np.mean(psnrs)), agree / len(files)
 
 
@@ -130,11 +136,11 @@ def stage(kind: str, name: str) -> dict:
     folder = os.path.join(corpora.ROOT, name)
     count = len(list_images(folder, ("jpg", "png")))
     if kind == "defaults":
-        runner = load_runner(model_for(name))
+        runner = load_model(model_for(name))
         return {"model_one_call": model_limit(runner, count, streams=1),
                 "keras": keras_pipeline(runner, folder)}
     plan = parallel.configure("cpu")
-    runner = load_runner(model_for(name))
+    runner = load_model(model_for(name))
     result = {"model_limit": model_limit(runner, count, plan.streams),
               "decode_limit": decode_limit(runner, corpora.repeated(folder, COPIES), plan),
               "threads": plan.describe()}

@@ -8,7 +8,7 @@ the model limit any pipeline can come. For each corpus this times, in one thread
   does);
 - plain decode: read + full decode + antialiased resize, nothing else (the least any pipeline
   with the same model inputs does);
-- batch-infer decode: `pipeline.decode` as `run` uses it (header checks, EXIF orientation, scaled
+- batch-infer decode: `decoding.decode` as `run` uses it (header checks, EXIF orientation, scaled
   JPEG decode, resize);
 - model: the signature on a batch of pre-decoded tensors, per image (bench.py's model limit with
   one stream).
@@ -29,8 +29,8 @@ sys.path.insert(0, HERE)
 import corpora  # noqa: E402
 from bench import BATCH, DECODING, model_for, model_limit  # noqa: E402
 from batch_infer.listing import list_images  # noqa: E402
-from batch_infer.model import load_runner  # noqa: E402
-from batch_infer.pipeline import decode  # noqa: E402
+from batch_infer.model import load_model  # noqa: E402
+from batch_infer.decoding import decode  # noqa: E402
 from batch_infer.tf_import import tf  # noqa: E402
 
 FILES = {"photos": 300, "camera": 40, "small": 4000}  # enough for a steady figure
@@ -58,7 +58,7 @@ def per_image_us(paths: list[bytes], function) -> float:
 def costs(name: str) -> dict[str, float]:
     folder = corpora.make_corpus(name, tf)
     paths = [item.fs_path for item in list_images(folder, ("jpg", "png"))][:FILES[name]]
-    runner = load_runner(model_for(name))
+    runner = load_model(model_for(name))
     spec = runner.spec
 
     def pixels(path):

@@ -6,9 +6,10 @@ import time
 import numpy as np
 
 from batch_infer.listing import list_images
-from batch_infer.model import load_runner
+from batch_infer.model import load_model
 from batch_infer.parallel import ThreadPlan, in_order, plan_for
-from batch_infer.pipeline import DecodeOptions, batches
+from batch_infer.decoding import DecodeOptions
+from batch_infer.pipeline import batches
 
 DECODING = DecodeOptions(max_pixels=10**8, max_file_mb=64, exif_transpose=True, scaled_decode=True)
 
@@ -40,12 +41,12 @@ def test_results_come_back_in_input_order_while_calls_overlap():
 
 
 def test_streamed_scores_equal_one_call_at_a_time(model_dir, image_dir):
-    runner = load_runner(model_dir["float"])
+    runner = load_model(model_dir["float"])
     files = list_images(image_dir, ("jpg", "png"))
     decoded = list(batches(files, runner.spec, 2, DECODING))
     assert len(decoded) > 3
-    one_at_a_time = [runner.predict(images) for _, images in decoded]
-    streamed = [scores for _, scores in in_order(lambda batch: runner.predict(batch[1]), decoded, 3)]
+    one_at_a_time = [runner.predict(images)["probabilities"] for _, images in decoded]
+    streamed = [scores for _, scores in in_order(lambda batch: runner.predict(batch[1])["probabilities"], decoded, 3)]
     assert len(streamed) == len(one_at_a_time)
     for expected, got in zip(one_at_a_time, streamed):
         np.testing.assert_array_equal(got, expected)

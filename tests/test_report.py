@@ -16,7 +16,9 @@ from PIL import Image
 import browser
 from batch_infer.cli import main
 from conftest import BROKEN_NAME as BROKEN, ODD_NAME as ODD, invoke
-from batch_infer.sink import PartWriter, error_rows, ok_rows
+from batch_infer.heads import Classification
+from batch_infer.scorer import Rows
+from batch_infer.sink import PartWriter
 
 @pytest.fixture(scope="module")
 def scored(scored_sample):
@@ -115,14 +117,15 @@ def test_report_of_100k_rows_stays_small(tmp_path, capsys):
     out, rng = tmp_path / "out", np.random.default_rng(0)
     out.mkdir()
     labels = np.array([f"class {i:03d}" for i in range(199)] + ["<cat & dog>"], dtype=object)
-    writer = PartWriter(str(out), "0of1-20240101T000000Z-abcdef", {"run_id": "20240101T000000Z-abcdef"},
-                        max_rows=10_000)
+    rows = Rows([Classification("probabilities", "none", "probabilities", labels, "test", top_k=5)])
+    writer = PartWriter(str(out), "0of1-20240101T000000Z-abcdef", rows.schema,
+                        {"run_id": "20240101T000000Z-abcdef"}, max_rows=10_000)
     for chunk in range(10):
         logits = rng.normal(size=(9_800, 200)).astype(np.float32) * 3
         logits[:, -1] += 1  # the most frequent class, so it is charted and sampled
         scores = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-        writer.add(ok_rows([f"dir {chunk}/{i:05d}.jpg" for i in range(9_800)], scores, 5, labels))
-        writer.add(error_rows([f"bad/{chunk}-{i}.jpg" for i in range(200)], ["decode: truncated"] * 200))
+        writer.add(rows.ok([f"dir {chunk}/{i:05d}.jpg" for i in range(9_800)], {"probabilities": scores}))
+        writer.add(rows.errors([f"bad/{chunk}-{i}.jpg" for i in range(200)], ["decode: truncated"] * 200))
     writer.commit()
     code, summary, _ = report(capsys, str(out), "--html", str(tmp_path / "r.html"))
     text = (tmp_path / "r.html").read_text()

@@ -26,7 +26,8 @@ import corpus
 import models
 from batch_infer.cli import main
 from batch_infer.listing import ListedFile
-from batch_infer.pipeline import DecodeOptions, InputSpec, decode, diagnose
+from batch_infer.decoding import DecodeOptions, decode, diagnose
+from batch_infer.model import InputSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMITS = ["--max-pixels", str(corpus.MAX_PIXELS), "--max-file-mb", str(corpus.MAX_FILE_MB)]

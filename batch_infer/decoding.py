@@ -1,0 +1,255 @@
+"""From a file's bytes to one model input, and the reason when that fails.
+
+Two tables drive both the tf.data graph and the per-file diagnosis, so the two cannot drift:
+CHECKS, the limits a file must pass before any pixel is decoded, each with the reason it gives,
+and DECODERS, which turns which files into pixels. The graph runs the checks as one assertion
+and the decoders as one switch; `diagnose_data` runs the same checks in order, eagerly, then the
+same decode, and reports the first thing that fails. A further format is one more DECODERS entry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from . import headers, storage
+from .listing import ListedFile
+from .model import InputSpec
+from .preprocessing import preprocess
+from .tf_import import short_error, tf
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What a file may cost and how it is turned upright: the run options of the same names."""
+
+    max_pixels: int
+    max_file_mb: int
+    exif_transpose: bool
+    scaled_decode: bool
+
+    @classmethod
+    def from_config(cls, config) -> "DecodeOptions":
+        return cls(config.max_pixels, config.max_file_mb, config.exif_transpose, config.scaled_decode)
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.max_file_mb * 2**20
+
+    def metadata(self) -> dict[str, str]:
+        return {"exif_transpose": str(self.exif_transpose).lower(), "max_pixels": str(self.max_pixels),
+                "max_file_mb": str(self.max_file_mb), "scaled_decode": str(self.scaled_decode).lower()}
+
+
+JPEG_RATIOS = (1, 2, 4, 8)
+
+
+def _jpeg_scale(header: headers.Header, target_side: int) -> tf.Tensor:
+    """Index into JPEG_RATIOS of the largest DCT scale-down that still leaves the image's short
+    side at least the model's long side, so the final antialiased resize only ever shrinks (and
+    EXIF turns cannot matter). A 12 MP photo for a 224x224 model decodes at 500x375: a 64th of
+    the pixels, a fraction of the time."""
+    short_side = tf.minimum(header.width, header.height)
+    return tf.add_n([tf.cast(short_side >= ratio * target_side, tf.int32) for ratio in JPEG_RATIOS[1:]])
+
+
+# EXIF orientation 1..8: how the stored pixels were turned, undone in this order, as Pillow's
+# ImageOps.exif_transpose does: transpose (swap rows and columns), then mirror, then flip.
+_TRANSPOSED = (False, False, False, False, True, True, True, True)
+_MIRRORED = (False, True, True, False, False, True, True, False)
+_FLIPPED = (False, False, True, True, False, False, True, True)
+
+
+def _upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """The image as a viewer shows it, for EXIF orientation 1..8."""
+    def turned():
+        index = orientation - 1
+        result = image
+        for steps, turn in ((_TRANSPOSED, tf.image.transpose), (_MIRRORED, tf.image.flip_left_right),
+                            (_FLIPPED, tf.image.flip_up_down)):
+            result = tf.cond(tf.gather(steps, index), lambda turn=turn, result=result: turn(result),
+                             lambda result=result: result)
+        return result
+
+    return tf.cond(orientation == 1, lambda: image, turned)  # one cheap test for most files
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Pixels for the files `takes` picks: [height, width, 1 to 4 channels] uint8, as stored
+    (JPEGs turned upright by EXIF when asked)."""
+
+    name: str
+    takes: Callable[[headers.Header], tf.Tensor]  # bool scalar
+    decode: Callable[[tf.Tensor, headers.Header, DecodeOptions, int], tf.Tensor]  # data, header, options, model side
+
+
+def _jpeg(data, header, options, target_side):
+    """Decoded at 1 / JPEG_RATIOS[scale] of its size by libjpeg itself (--scaled-decode)."""
+    scale = _jpeg_scale(header, target_side) if options.scaled_decode else tf.constant(0, tf.int32)
+    image = tf.switch_case(scale, [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=0, ratio=ratio)
+                                   for ratio in JPEG_RATIOS])
+    return _upright(image, headers.exif_orientation(data)) if options.exif_transpose else image
+
+
+def _any_format(data, header, options, target_side):
+    """channels=0 because TensorFlow refuses other counts for some files: channels=1 for BMP,
+    GIF and CMYK JPEG, channels=3 for WebP with alpha. The first frame of an animation
+    (expand_animations=False); 16-bit PNGs keep their high byte."""
+    return tf.io.decode_image(data, channels=0, expand_animations=False)
+
+
+def _animated_webp(data, header, options, target_side):
+    return tf.io.decode_image(headers.with_webp_alpha_flag(data), channels=4, expand_animations=False)
+
+
+def _palette_bmp(data, header, options, target_side):
+    return tf.gather(headers.bmp_palette(data), tf.cast(_any_format(data, header, options, target_side)[..., 0],
+                                                         tf.int32))
+
+
+# The first entry that takes a file decodes it; the last takes every file, and refuses (with
+# TensorFlow's message) what it cannot read. Animated WebP and 8-bit BMP need the workarounds
+# in `headers`.
+DECODERS = (
+    Decoder("JPEG", lambda header: header.format == headers.JPEG, _jpeg),
+    Decoder("animated WebP", lambda header: header.animated_webp, _animated_webp),
+    Decoder("8-bit BMP", lambda header: header.palette_bmp, _palette_bmp),
+    Decoder("PNG, GIF, BMP or WebP", lambda header: tf.constant(True), _any_format),
+)
+FORMAT_NAMES = "JPEG, PNG, GIF, BMP or WebP"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A limit checked from the header before decoding; `reason` names the failure for a row."""
+
+    passes: Callable[[headers.Header, InputSpec, DecodeOptions], tf.Tensor]  # bool scalar
+    reason: Callable[[headers.Header, bytes], str]  # from the header's values, eagerly
+
+
+def _format_reason(header, data: bytes) -> str:
+    return "decode: empty file" if not data else f"decode: not a {FORMAT_NAMES} file"
+
+
+def _pixels_reason(header, data: bytes) -> str:
+    kind, width, height, frames, pixels = (int(value) for value in header[:5])
+    if kind == headers.GIF and pixels > width * height:  # its frames, not its screen
+        return f"too-large: {pixels} pixels in {frames} frame{'s' if frames != 1 else ''}"
+    return f"too-large: {width}x{height}"
+
+
+# In order. Models that take encoded bytes get the pixel limit too, as they would decode the
+# bomb themselves, but no format check: they may read formats we do not.
+CHECKS = (
+    Check(lambda header, spec, options: tf.constant(True) if spec.encoded else header.format != headers.UNKNOWN,
+          _format_reason),
+    Check(lambda header, spec, options: header.pixels <= options.max_pixels, _pixels_reason),
+)
+
+
+def _channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
+    """Gray, gray+alpha, RGB or RGBA as the model's 1 or 3 channels. Alpha is dropped, as
+    Pillow's convert("RGB") does; colour becomes gray by the same ITU-R 601 luma for every format
+    (gray pixels stay exactly as they are)."""
+    rgb = tf.cond(tf.shape(image)[-1] >= 3, lambda: image[..., :3],
+                  lambda: tf.image.grayscale_to_rgb(image[..., :1]))
+    result = tf.image.rgb_to_grayscale(rgb) if wanted == 1 else rgb
+    result.set_shape((None, None, wanted))
+    return result
+
+
+def pixels(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
+    """The file's pixels by the first decoder in DECODERS that takes it: one switch, so that each
+    file pays for its own format's work only (in tf.data every cond is a function call per
+    file, tens of microseconds, a fair share of a small PNG)."""
+    branch = tf.argmax(tf.stack([decoder.takes(header) for decoder in DECODERS]), output_type=tf.int32)
+    target_side = max(spec.image_size)
+    return tf.switch_case(branch, [lambda decoder=decoder: decoder.decode(data, header, options, target_side)
+                                   for decoder in DECODERS])
+
+
+def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
+    """Encoded bytes to one model input, shaped and typed as the signature wants.
+
+    The CHECKS run before the decoder (control dependencies), so a decompression bomb costs a
+    header read and never its pixels; a failed check drops the file like a decode error and
+    `diagnose` names the reason.
+    """
+    header = headers.read_header(data)
+    acceptable = tf.reduce_all(tf.stack([check.passes(header, spec, options) for check in CHECKS]))
+    # Strings only: with other data, tf.debugging.Assert wraps itself in a cond, a call per file.
+    with tf.control_dependencies([tf.debugging.Assert(acceptable, ["header check failed"])]):
+        data = tf.identity(data)
+    if spec.encoded:
+        return data
+    return model_input(pixels(data, header, spec, options), spec)
+
+
+def model_input(image: tf.Tensor, spec: InputSpec) -> tf.Tensor:
+    """Upright pixels as stored ([height, width, 1 to 4] uint8) to one model input: the model's
+    channels, its size, its dtype and pixel scaling. Every decoder's pixels come through here.
+    Resizing is bilinear with antialiasing, so large photos are not aliased when shrunk."""
+    image = _channels(image, spec.channels)
+    height, width = spec.image_size
+    resized = tf.cond(tf.reduce_all(tf.shape(image)[:2] == (height, width)),  # exact, and saves the resize
+                      lambda: tf.cast(image, tf.float32),
+                      lambda: tf.image.resize(image, (height, width), antialias=True))
+    resized.set_shape((height, width, spec.channels))
+    if spec.dtype == tf.uint8 and spec.preprocess == "raw":
+        return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+    return tf.cast(preprocess(resized, spec.preprocess), spec.dtype)
+
+
+def unread_reason(item: ListedFile, options: DecodeOptions) -> str | None:
+    """Why a listed file gets an error row without being read: the listing refused it, or it is
+    over --max-file-mb (tf.io.read_file would read all of it into memory)."""
+    if item.problem is not None:
+        return item.problem
+    if item.size > options.max_file_bytes:
+        return f"too-large: {math.ceil(item.size / 2**20)} MB file"
+    return None
+
+
+def diagnose(item: ListedFile, spec: InputSpec, options: DecodeOptions) -> str:
+    """The reason a file fell out of the pipeline, reading it again."""
+    reason = unread_reason(item, options)
+    if reason is not None:
+        return reason
+    try:
+        data = read(item)
+    except tf.errors.OpError as error:
+        return f"read: {short_error(error)}"
+    except OSError as error:  # from an object store
+        return f"read: {error.strerror or f'{type(error).__name__} ({error})'}"
+    return diagnose_data(data, spec, options)
+
+
+def read(item: ListedFile) -> tf.Tensor:
+    """A file's bytes, from disk or from object storage."""
+    if storage.is_url(item.fs_path):
+        return tf.constant(storage.read_bytes(item.fs_path.decode()))
+    return tf.io.read_file(item.fs_path)
+
+
+def diagnose_data(data: tf.Tensor | bytes, spec: InputSpec, options: DecodeOptions) -> str:
+    """Why a file's bytes did not decode: the CHECKS in order, then truncation (a clearer word
+    than most decoders' messages), then the decoder's own message."""
+    data = tf.convert_to_tensor(data, tf.string)
+    raw = data.numpy()
+    try:
+        header = headers.read_header(data)
+    except tf.errors.OpError:
+        header = None  # a JPEG whose headers libjpeg cannot read; decode says why below
+    if header is not None:
+        for check in CHECKS:
+            if not bool(check.passes(header, spec, options)):
+                return check.reason(header, raw)
+    if headers.ends_early(raw, int(headers.image_format(data))):
+        return "decode: truncated"
+    try:
+        decode(data, spec, options)
+    except (tf.errors.OpError, ValueError) as error:
+        return f"decode: {short_error(error)}"
+    return "decode: failed in the pipeline but not when read again (did the file change meanwhile?)"

@@ -1,0 +1,126 @@
+"""The one place where files become rows, for both engines: triage of files refused unread, the
+model call (with a bad input isolated to its own row), the heads' columns, and the diagnosis of
+files that dropped out of decoding.
+
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from .config import RunConfig
+from .decoding import DecodeOptions, diagnose, diagnose_data, unread_reason
+from .heads import Classification, Head
+from .listing import ListedFile
+from .model import Model, load_model
+from .tf_import import short_error, tf
+
+BASE_FIELDS = [pa.field("path", pa.string()), pa.field("status", pa.string()),
+               pa.field("error", pa.string())]
+
+
+class Rows:
+    """Tables in the output schema: path, status, error, then each head's fields in order."""
+
+    def __init__(self, heads: list[Head]):
+        self.heads = heads
+        self.schema = pa.schema(BASE_FIELDS + [field for head in heads for field in head.fields()])
+
+    def errors(self, paths: list[str], reasons: list[str]) -> pa.Table:
+        rows = len(paths)
+        columns = {"path": pa.array(paths, pa.string()), "status": pa.array(["error"] * rows, pa.string()),
+                   "error": pa.array(reasons, pa.string())}
+        return pa.table({field.name: columns.get(field.name, pa.nulls(rows, field.type))
+                         for field in self.schema}, schema=self.schema)
+
+    def ok(self, paths: list[str], outputs: dict[str, np.ndarray]) -> pa.Table:
+        """Rows for scored files, from one model call's outputs, column-wise."""
+        rows = len(paths)
+        columns = {"path": pa.array(paths, pa.string()),
+                   "status": pa.array(np.full(rows, "ok", dtype=object), pa.string()),
+                   "error": pa.nulls(rows, pa.string())}
+        for head in self.heads:
+            columns.update(head.columns(outputs))
+        return pa.table(columns, schema=self.schema)
+
+
+class Scorer:
+    """A loaded model, its heads and the decode options: everything both engines need to turn
+    decoded batches into rows in one schema."""
+
+    def __init__(self, model: Model, heads: list[Head], decoding: DecodeOptions):
+        self.model = model
+        self.heads = heads
+        self.decoding = decoding
+        self.table = Rows(heads)
+        self.schema = self.table.schema
+
+    @classmethod
+    def load(cls, config: RunConfig) -> "Scorer":
+        """Loads the model and settles every choice before any file is read; ConfigError otherwise."""
+        model = load_model(config.model, config.signature, config.input_key, config.image_size,
+                           config.preprocess)
+        heads = [Classification.for_model(model, config.output_key, config.activation, config.labels,
+                                           config.top_k)]
+        return cls(model, heads, DecodeOptions.from_config(config))
+
+    def metadata(self) -> dict[str, str]:
+        merged = {**self.model.metadata(), **self.decoding.metadata()}
+        for head in self.heads:
+            merged.update(head.metadata())
+        return merged
+
+    def describe(self) -> str:
+        """One log line: how the model is fed and what each head decided."""
+        return "; ".join([f"signature {self.model.signature}, input {self.model.spec.describe()}"]
+                         + [head.describe() for head in self.heads])
+
+    def error_rows(self, paths: list[str], reasons: list[str]) -> pa.Table:
+        return self.table.errors(paths, reasons)
+
+    def triage(self, todo: list[ListedFile]) -> tuple[pa.Table, list[ListedFile]]:
+        """(error rows of the files refused unread, the files to read)."""
+        reasons = [unread_reason(item, self.decoding) for item in todo]
+        refused = [(item.path, reason) for item, reason in zip(todo, reasons) if reason is not None]
+        return (self.error_rows([path for path, _ in refused], [reason for _, reason in refused]),
+                [item for item, reason in zip(todo, reasons) if reason is None])
+
+    def rows(self, items: list[ListedFile], arrived: np.ndarray, images,
+             data: list[bytes] | None = None) -> pa.Table:
+        """One row for each of `items`: those at positions `arrived` decoded into `images` (in
+        order) and are scored; the others are diagnosed, from `data` when the engine has each
+        file's bytes, else by reading the file again."""
+        arrived = [int(position) for position in arrived]
+        missing = sorted(set(range(len(items))) - set(arrived))
+        tables = [self.error_rows(
+            [items[i].path for i in missing],
+            [diagnose_data(data[i], self.model.spec, self.decoding) if data is not None
+             else diagnose(items[i], self.model.spec, self.decoding) for i in missing])]
+        if arrived:
+            outputs, failures = self._predict(images)
+            paths = [items[i].path for i in arrived]
+            scored = [path for row, path in enumerate(paths) if row not in failures]
+            if scored:
+                tables.append(self.table.ok(scored, outputs))
+            tables.append(self.error_rows([paths[row] for row in failures], list(failures.values())))
+        return pa.concat_tables(tables)
+
+    def _predict(self, images) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """Outputs of the rows the model took, plus {row: reason} for rows it rejected.
+
+        When the batch call fails (say an encoded-bytes model meets a corrupt file), each image is
+        retried alone, so one bad input costs one error row instead of the whole batch.
+        """
+        try:
+            return self.model.predict(images), {}
+        except tf.errors.OpError:
+            pass
+        taken, failures = [], {}
+        for row in range(int(tf.shape(images)[0])):
+            try:
+                taken.append(self.model.predict(images[row:row + 1]))
+            except tf.errors.OpError as error:
+                failures[row] = f"model: {short_error(error)}"
+        outputs = {key: np.concatenate([one[key] for one in taken]) for key in taken[0]} if taken else {}
+        return outputs, failures
