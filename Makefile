@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench airflow-venv chromium clean
+.PHONY: demo test readme bench airflow-venv chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The README's table of run options, regenerated from `batch-infer run --help`.
+readme: $(STAMP)
+	$(BIN)/python docs/readme_options.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

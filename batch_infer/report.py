@@ -5,12 +5,18 @@ external files; charts are inline SVG and thumbnails are small JPEGs in data: UR
 Content-Security-Policy lets the browser load nothing else, so even a path that slipped past
 escaping could not fetch anything. It stays small on any run size: it shows aggregates and capped
 galleries, never every row or every image.
+
+Two steps: `aggregate` turns the rows and part metadata into a `Report` of plain numbers and
+strings (every cap, count and chart coordinate is decided there), and `render` fills
+templates/report.html.j2 with it. The template holds the markup, CSS and CSP; Jinja escapes every
+value it prints, so no path or label reaches the page unescaped.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import datetime
 import html
 import json
@@ -29,17 +35,7 @@ if TYPE_CHECKING:
 COLUMNS = ["path", "status", "error", "label", "score"]
 LEAST_CONFIDENT, PER_CLASS, MAX_CLASSES, MAX_ERRORS, MAX_RUNS = 24, 4, 50, 500, 20
 THUMBNAIL_PX, SCORE_BINS = 96, 20
-CSS = """body{font:14px/1.4 system-ui,sans-serif;color:#222;max-width:1200px;margin:24px auto;padding:0 16px}
-h1{font-size:22px;margin:0}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
-h3{font-size:14px;margin:14px 0 6px}.note{color:#666}.cards{display:flex;gap:12px;flex-wrap:wrap}
-.card{border:1px solid #ddd;border-radius:6px;padding:6px 14px}.card b{display:block;font-size:20px}
-table{border-collapse:collapse}td,th{text-align:left;padding:2px 12px 2px 0;vertical-align:top}
-.gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:112px;font-size:12px}
-figure img,.noimg{width:96px;height:96px;object-fit:contain;background:#eee;display:block}
-.row,.classes{display:flex;flex-wrap:wrap;column-gap:48px}.path{color:#666;word-break:break-all}
-svg text{font-size:12px;fill:#333}svg rect{fill:#4a7fb5}svg .axis{fill:#999}"""
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-e = html.escape  # every path, label, reason and metadata value is user-controlled text
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
 
 def add_command(commands) -> None:
@@ -64,7 +60,7 @@ def command(args: argparse.Namespace) -> int:
     table, metadata = read_parts(storage.absolute(args.output), COLUMNS)
     rows = table.to_pandas()
     thumbnails = Thumbnails(args.input) if args.input else None
-    page = render(rows, metadata, args.output, thumbnails)
+    page = render(aggregate(rows, metadata, args.output, thumbnails))
     os.makedirs(os.path.dirname(os.path.abspath(args.html)), exist_ok=True)
     write_atomically(args.html, lambda handle: handle.write(page), text=True)
     print(json.dumps({"report": os.path.abspath(args.html), "rows": len(rows),
@@ -103,45 +99,173 @@ class Thumbnails:
         return "data:image/jpeg;base64," + base64.b64encode(jpeg.numpy()).decode("ascii")
 
 
-def render(rows: pd.DataFrame, metadata: list[dict[str, str]], output: str,
-           thumbnails: Callable[[str], str | None] | None) -> str:
-    """The page, top to bottom: summary cards, run metadata, charts, galleries, error rows."""
+@dataclasses.dataclass(frozen=True)
+class Card:
+    name: str
+    value: str | int
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    run_id: str
+    started: str
+    shard: str
+    rows: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassBar:
+    """One bar of the class chart, in SVG user units."""
+    label: str
+    short: str  # cut to fit left of the bar; the tooltip has `label` whole
+    count: int
+    label_x: int  # the label's right end
+    text_y: int  # baseline of the label and the count
+    x: int
+    y: int
+    width: float
+    height: int
+    count_x: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassChart:
+    width: int
+    height: int
+    bars: list[ClassBar]
+    hidden: int  # classes past MAX_CLASSES
+
+
+@dataclasses.dataclass(frozen=True)
+class HistogramBar:
+    count: int
+    x: float
+    y: float
+    width: float
+    height: float
+    text_x: float
+    text_y: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Tick:
+    value: float
+    x: float
+    y: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Histogram:
+    width: int
+    height: int
+    axis_x: int
+    axis_y: int
+    axis_width: int
+    bars: list[HistogramBar]  # empty bins have none
+    ticks: list[Tick]
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    path: str
+    label: str
+    score: float
+    thumbnail: str | None  # a data: URI, or None for an empty box
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassSample:
+    label: str
+    rows: int
+    figures: list[Figure]
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorKind:
+    name: str  # the reason up to its first colon, e.g. "decode"
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorRow:
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Errors:
+    kinds: list[ErrorKind]  # empty when there are no error rows
+    rows: list[ErrorRow]
+    hidden: int  # error rows past MAX_ERRORS
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Everything the page shows, top to bottom, as plain data; the template only lays it out."""
+    output: str
+    name: str
+    cards: list[Card]
+    metadata: list[tuple[str, str]]
+    runs: list[Run]
+    runs_hidden: int
+    class_chart: ClassChart | None  # None when there are no ok rows
+    histogram: Histogram | None  # None when there are no ok rows
+    least_confident: list[Figure]
+    samples: list[ClassSample]
+    classes_hidden: int  # classes past MAX_CLASSES, in neither the chart nor the samples
+    errors: Errors
+    thumbnails: bool  # False: the page says how to get them
+    generated: str
+    version: str
+
+
+def aggregate(rows: pd.DataFrame, metadata: list[dict[str, str]], output: str,
+              thumbnails: Callable[[str], str | None] | None,
+              now: datetime.datetime | None = None) -> Report:
+    """The page's content from the rows and part metadata. `now` is the "Generated" time
+    (default: the current UTC time)."""
     ok, errors = rows[rows.status == "ok"], rows[rows.status != "ok"]
     counts = ok.label.value_counts()
     shown = counts.index[:MAX_CLASSES]
     # A shuffled head per class is a fair sample; seeded so the same OUT gives the same page.
     samples = ok[ok.label.isin(shown)].sample(frac=1.0, random_state=0).groupby("label").head(PER_CLASS)
-    per_class = "".join(
-        f"<div><h3>{e(label)} <span class=note>{counts[label]} rows</span></h3>"
-        + _gallery(samples[samples.label == label].sort_values("score", ascending=False), thumbnails)
-        + "</div>" for label in shown)
     when = sorted({_when(meta.get("run_id", "")) for meta in metadata})
-    cards = [("rows", len(rows)), ("ok", len(ok)),
-             ("errors", f"{len(errors)} ({len(errors) / max(len(rows), 1):.1%})"),
-             ("classes predicted", len(counts)), ("runs", rows.run_id.nunique()),
-             ("started", when[0] if len(when) == 1 else f"{when[0]} to {when[-1]}")]
-    no_thumbnails = "" if thumbnails else (
-        "<p class=note>No thumbnails: give <code>--input DIR</code> (the run's --input) to embed them.</p>")
-    body = [
-        f"<h1>batch-infer report</h1><p class=path>{e(storage.absolute(output))}</p>",
-        "<div class=cards>" + "".join(f"<div class=card>{e(name)}<b>{e(str(value))}</b></div>"
-                                      for name, value in cards) + "</div>",
-        f"<h2>Run</h2><div class=row><div>{_metadata_table(metadata)}</div>"
-        f"<div>{_runs_table(rows, metadata)}</div></div>",
-        f"<div class=row><div><h2>Predicted classes</h2>{_class_chart(counts)}</div>"
-        f"<div><h2>Top-1 scores</h2>{_histogram(ok.score.to_numpy(np.float64))}</div></div>",
-        f"<h2>Least confident</h2>{no_thumbnails}"
-        + _gallery(ok.nsmallest(LEAST_CONFIDENT, "score"), thumbnails),
-        f"<h2>Sample per class</h2>{no_thumbnails}<div class=classes>{per_class or 'No ok rows.'}</div>"
-        + _more(len(counts) - len(shown), "classes"),
-        "<h2>Errors</h2>" + _errors(errors),
-    ]
-    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return (f'<!doctype html><html lang=en><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f"<title>batch-infer report: {e(os.path.basename(storage.absolute(output)))}</title>"
-            f"<style>{CSS}</style></head><body>{''.join(body)}"
-            f"<p class=note>Generated {generated} by batch-infer {e(__version__)}.</p></body></html>\n")
+    cards = [Card("rows", len(rows)), Card("ok", len(ok)),
+             Card("errors", f"{len(errors)} ({len(errors) / max(len(rows), 1):.1%})"),
+             Card("classes predicted", len(counts)), Card("runs", int(rows.run_id.nunique())),
+             Card("started", when[0] if len(when) == 1 else f"{when[0]} to {when[-1]}")]
+    runs, runs_hidden = _runs(rows, metadata)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return Report(
+        output=storage.absolute(output), name=os.path.basename(storage.absolute(output)), cards=cards,
+        metadata=_metadata(metadata), runs=runs, runs_hidden=runs_hidden,
+        class_chart=_class_chart(counts), histogram=_histogram(ok.score.to_numpy(np.float64)),
+        least_confident=_figures(ok.nsmallest(LEAST_CONFIDENT, "score"), thumbnails),
+        samples=[ClassSample(label, int(counts[label]),
+                             _figures(samples[samples.label == label].sort_values("score", ascending=False),
+                                      thumbnails)) for label in shown],
+        classes_hidden=len(counts) - len(shown), errors=_errors(errors), thumbnails=thumbnails is not None,
+        generated=now.strftime("%Y-%m-%d %H:%M:%S UTC"), version=__version__)
+
+
+def render(report: Report) -> str:
+    """The page: templates/report.html.j2 filled with `report`."""
+    import jinja2  # only here: `batch-infer --help` stays fast
+
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, finalize=_escape,
+                                     trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return environment.get_template("report.html.j2").render(report=report)
+
+
+def _escape(value: object) -> object:
+    """Jinja's finalize, run on every printed value before autoescape: every path, label, reason and
+    metadata value is user-controlled text. html.escape rather than markupsafe's own escaping only
+    for its entity spelling (&#x27;, not &#39;), so a path reads the same in the page source as it
+    always has; both escape the same five characters. Macro output is already markup."""
+    from markupsafe import Markup
+
+    return value if hasattr(value, "__html__") else Markup(html.escape(str(value)))
 
 
 def _when(run_id: str) -> str:
@@ -152,85 +276,68 @@ def _when(run_id: str) -> str:
         return run_id or "unknown"
 
 
-def _more(hidden: int, what: str) -> str:
-    return f"<p class=note>{hidden} more {what} not shown.</p>" if hidden > 0 else ""
-
-
-def _metadata_table(metadata: list[dict[str, str]]) -> str:
+def _metadata(metadata: list[dict[str, str]]) -> list[tuple[str, str]]:
     """One row per metadata key; a key whose value differs between parts lists every value."""
     values: dict[str, list[str]] = {}
     for meta in metadata:
         for key, value in meta.items():
             if key != "run_id" and value not in values.setdefault(key, []):
                 values[key].append(value)
-    return "<table>" + "".join(f"<tr><th>{e(key)}</th><td>{e(', '.join(found))}</td></tr>"
-                               for key, found in values.items()) + "</table>"
+    return [(key, ", ".join(found)) for key, found in values.items()]
 
 
-def _runs_table(rows: pd.DataFrame, metadata: list[dict[str, str]]) -> str:
-    """Resumed and sharded runs add parts with their own run id; list them, newest first."""
+def _runs(rows: pd.DataFrame, metadata: list[dict[str, str]]) -> tuple[list[Run], int]:
+    """Resumed and sharded runs add parts with their own run id; list them, newest first, and how
+    many more there are past MAX_RUNS."""
     shards = {meta.get("run_id", ""): meta.get("shard", "") for meta in metadata}
     sizes = rows.groupby("run_id").size().sort_index(ascending=False)
-    lines = "".join(f"<tr><td>{e(run_id)}</td><td>{e(_when(run_id))}</td><td>{e(shards.get(run_id, ''))}</td>"
-                    f"<td>{count}</td></tr>" for run_id, count in sizes.iloc[:MAX_RUNS].items())
-    return ("<table><tr><th>run id</th><th>started</th><th>shard</th><th>rows</th></tr>"
-            f"{lines}</table>" + _more(len(sizes) - MAX_RUNS, "runs"))
+    runs = [Run(run_id, _when(run_id), shards.get(run_id, ""), int(count))
+            for run_id, count in sizes.iloc[:MAX_RUNS].items()]
+    return runs, len(sizes) - MAX_RUNS
 
 
-def _class_chart(counts: pd.Series) -> str:
+def _class_chart(counts: pd.Series) -> ClassChart | None:
     """Horizontal bars, most frequent class first; long labels are cut, the tooltip has them whole."""
     if counts.empty:
-        return "<p>No ok rows.</p>"
+        return None
     shown, row, left, width = counts.iloc[:MAX_CLASSES], 18, 150, 330
     bars = []
     for i, (label, count) in enumerate(shown.items()):
-        y, length = i * row, width * count / shown.iloc[0]
-        short = label if len(label) <= 26 else label[:25] + "…"
-        bars.append(f'<g><title>{e(label)}: {count}</title>'
-                    f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">{e(short)}</text>'
-                    f'<rect x="{left}" y="{y + 3}" width="{length:.1f}" height="{row - 5}"/>'
-                    f'<text x="{left + length + 4:.1f}" y="{y + 13}">{count}</text></g>')
-    return (f'<svg width="{left + width + 50}" height="{len(shown) * row}" '
-            f'role="img" aria-label="rows per predicted class">{"".join(bars)}</svg>'
-            + _more(len(counts) - len(shown), "classes"))
+        y, length = i * row, float(width * count / shown.iloc[0])
+        bars.append(ClassBar(label=label, short=label if len(label) <= 26 else label[:25] + "…",
+                             count=int(count), label_x=left - 6, text_y=y + 13, x=left, y=y + 3,
+                             width=length, height=row - 5, count_x=left + length + 4))
+    return ClassChart(width=left + width + 50, height=len(shown) * row, bars=bars,
+                      hidden=len(counts) - len(shown))
 
 
-def _histogram(scores: np.ndarray) -> str:
+def _histogram(scores: np.ndarray) -> Histogram | None:
     """Top-1 scores in 20 bins, each count written over its bar: one tall bin must not hide that
     the others are not empty."""
     if not len(scores):
-        return "<p>No ok rows.</p>"
+        return None
     counts, _ = np.histogram(scores, bins=SCORE_BINS, range=(0.0, 1.0))
     width, height, top, left = 500, 150, 16, 10
-    bar, tallest, base = width / SCORE_BINS, counts.max(), top + height
-    bars = "".join(f'<rect x="{left + i * bar + 1:.1f}" y="{base - height * n / tallest:.1f}" '
-                   f'width="{bar - 2:.1f}" height="{height * n / tallest:.1f}"/>'
-                   f'<text x="{left + (i + 0.5) * bar:.1f}" y="{base - height * n / tallest - 4:.1f}" '
-                   f'text-anchor="middle">{n}</text>' for i, n in enumerate(counts) if n)
-    ticks = "".join(f'<text x="{left + width * t}" y="{base + 16}" text-anchor="middle">{t:g}</text>'
-                    for t in (0, 0.25, 0.5, 0.75, 1))
-    return (f'<svg width="{left + width + 20}" height="{base + 22}" role="img" '
-            f'aria-label="histogram of top-1 scores"><rect x="{left}" y="{base}" width="{width}" '
-            f'height="1" class="axis"/>{bars}{ticks}</svg>')
+    bar, tallest, base = width / SCORE_BINS, int(counts.max()), top + height
+    bars = [HistogramBar(count=int(n), x=left + i * bar + 1, y=base - height * int(n) / tallest,
+                         width=bar - 2, height=height * int(n) / tallest, text_x=left + (i + 0.5) * bar,
+                         text_y=base - height * int(n) / tallest - 4)
+            for i, n in enumerate(counts) if n]
+    ticks = [Tick(value=t, x=left + width * t, y=base + 16) for t in (0, 0.25, 0.5, 0.75, 1)]
+    return Histogram(width=left + width + 20, height=base + 22, axis_x=left, axis_y=base, axis_width=width,
+                     bars=bars, ticks=ticks)
 
 
-def _gallery(rows: pd.DataFrame, thumbnails: Callable[[str], str | None] | None) -> str:
-    figures = []
-    for path, label, score in zip(rows.path, rows.label, rows.score):
-        uri = thumbnails(path) if thumbnails else None
-        image = f'<img src="{uri}" alt="">' if uri else "<div class=noimg></div>"
-        figures.append(f"<figure>{image}<figcaption><b>{e(label)}</b> {score:.3f}"
-                       f"<br><span class=path>{e(path)}</span></figcaption></figure>")
-    return f"<div class=gallery>{''.join(figures)}</div>"
+def _figures(rows: pd.DataFrame, thumbnails: Callable[[str], str | None] | None) -> list[Figure]:
+    return [Figure(path, label, float(score), thumbnails(path) if thumbnails else None)
+            for path, label, score in zip(rows.path, rows.label, rows.score)]
 
 
-def _errors(errors: pd.DataFrame) -> str:
+def _errors(errors: pd.DataFrame) -> Errors:
     if errors.empty:
-        return "<p>No error rows.</p>"
+        return Errors(kinds=[], rows=[], hidden=0)
     kinds = errors.error.fillna("unknown").str.split(":", n=1).str[0].value_counts()
     shown = errors.sort_values("path").iloc[:MAX_ERRORS]
-    return ("<p>" + ", ".join(f"{e(kind)}: {count}" for kind, count in kinds.items()) + "</p>"
-            + "<table><tr><th>path</th><th>reason</th></tr>"
-            + "".join(f"<tr><td class=path>{e(path)}</td><td>{e(str(reason))}</td></tr>"
-                      for path, reason in zip(shown.path, shown.error))
-            + "</table>" + _more(len(errors) - len(shown), "error rows"))
+    return Errors(kinds=[ErrorKind(kind, int(count)) for kind, count in kinds.items()],
+                  rows=[ErrorRow(path, str(reason)) for path, reason in zip(shown.path, shown.error)],
+                  hidden=len(errors) - len(shown))
