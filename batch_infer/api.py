@@ -52,6 +52,7 @@ def score(model: str, input: str, output: str, **options) -> dict:
 
 # Options about the run as a whole, which a Dataset already settles or which need an output.
 _RUN_ONLY = ("input", "output", "job", "recursive", "extensions", "shard", "max_error_rate",
+             "path_column", "keep_columns",
              "commit_every", "max_file_mb", "engine", "ray_address", "quiet", "log_format")
 
 

@@ -27,6 +27,7 @@ ENGINES = ("local", "ray")
 RAY_OPTIONS = ("ray_address", "concurrency", "num_gpus")
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")
 PATH_OPTIONS = ("model", "input", "output", "labels")
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".txt")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class RunConfig:
     concurrency: int = 1
     num_gpus: float = 0.0
     scaled_decode: bool = True
+    path_column: str = "path"
+    keep_columns: tuple[str, ...] = ()
 
 
 # --- value parsers: accept the text of a flag or the native TOML value ---------------------------
@@ -145,6 +148,15 @@ def _extensions(name: str, value: Any) -> tuple[str, ...]:
     return cleaned
 
 
+def _columns(name: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    cleaned = tuple(str(item).strip() for item in items)
+    if not cleaned or not all(cleaned):
+        raise ConfigError(f"{_flag(name)} must be a comma-separated list of column names like "
+                          f"label,split; got {value!r}.")
+    return cleaned
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -152,17 +164,20 @@ class Option:
     parse: Callable[[str, Any], Any]
     metavar: str | None = None
     boolean: bool = False
+    changes_values: bool = True  # False: a resume with another value never mixes rows (see `fingerprint`)
 
 
 OPTIONS = (
-    Option("model", "SavedModel directory", _text, "MODEL"),
-    Option("input", "directory of images to score, or an s3://, gs://... URL", _text, "DIR"),
-    Option("output", "output Parquet dataset directory, or an s3://, gs://... URL", _text, "OUT"),
+    Option("model", "SavedModel directory", _text, "MODEL", changes_values=False),
+    Option("input", "directory of images to score, an s3://, gs://... URL, or a manifest file "
+           "(.csv, .tsv, .parquet, .jsonl, or .txt with one path a line) naming the files",
+           _text, "DIR|MANIFEST", changes_values=False),
+    Option("output", "output Parquet dataset directory, or an s3://, gs://... URL", _text, "OUT", changes_values=False),
     Option("top_k", "number of best classes kept per image, capped at the class count (default: 5)",
            _positive_int, "K"),
-    Option("batch_size", "images per model call (default: 32)", _positive_int, "N"),
+    Option("batch_size", "images per model call (default: 32)", _positive_int, "N", changes_values=False),
     Option("labels", "class names, one per line, line i = class i (default: labels.txt in MODEL "
-           "or MODEL/assets if present, else class indices)", _text, "FILE"),
+           "or MODEL/assets if present, else class indices)", _text, "FILE", changes_values=False),
     Option("signature", "signature to call (default: serving_default)", _text, "NAME"),
     Option("input_key", "signature input to feed (default: its only input)", _text, "KEY"),
     Option("output_key", "signature output holding class scores (default: the only "
@@ -174,20 +189,20 @@ OPTIONS = (
            _choice(PREPROCESS_MODES)),
     Option("activation", "turn outputs into probabilities: auto detects logits once per run "
            "(default: auto)", _choice(ACTIVATIONS)),
-    Option("recursive", "descend into subdirectories (default: recursive)", _bool, boolean=True),
+    Option("recursive", "descend into subdirectories (default: recursive)", _bool, boolean=True, changes_values=False),
     Option("extensions", f"file extensions to score (default: {','.join(DEFAULT_EXTENSIONS)})",
-           _extensions, "LIST"),
+           _extensions, "LIST", changes_values=False),
     Option("shard", "score only shard I of N, e.g. Airflow's map_index/N (default: 0/1)",
-           parse_shard, "I/N"),
+           parse_shard, "I/N", changes_values=False),
     Option("max_error_rate", "exit 3 when the share of error rows in this run exceeds R "
-           "(default: no limit)", _rate, "R"),
+           "(default: no limit)", _rate, "R", changes_values=False),
     Option("commit_every", "commit a Parquet part at least every N rows (and every 30 s), which "
-           "bounds what a killed run loses (default: 2000)", _positive_int, "N"),
+           "bounds what a killed run loses (default: 2000)", _positive_int, "N", changes_values=False),
     Option("device", "where the model runs (default: auto, the GPU when there is one)",
-           _choice(DEVICES)),
-    Option("quiet", "no progress output, warnings only", _bool, boolean=True),
+           _choice(DEVICES), changes_values=False),
+    Option("quiet", "no progress output, warnings only", _bool, boolean=True, changes_values=False),
     Option("log_format", "stderr log lines as text or one JSON object each (default: text)",
-           _choice(LOG_FORMATS)),
+           _choice(LOG_FORMATS), changes_values=False),
     Option("exif_transpose", "turn photos upright by their EXIF orientation before resizing, as "
            "image viewers do (default: on)", _bool, boolean=True),
     Option("max_pixels", "refuse images whose header declares more pixels than this (all frames "
@@ -198,13 +213,20 @@ OPTIONS = (
     Option("max_file_mb", "refuse files larger than this many MiB unread, as a `too-large` "
            "error row (default: 512)", _positive_int, "MB"),
     Option("engine", "where files are decoded and scored: local (this process) or ray (a Ray "
-           "cluster) (default: local)", _choice(ENGINES)),
+           "cluster) (default: local)", _choice(ENGINES), changes_values=False),
     Option("ray_address", "Ray cluster to join, e.g. ray://head:10001 (default: $RAY_ADDRESS, "
-           "else a Ray started on this machine for the run)", _text, "ADDRESS"),
+           "else a Ray started on this machine for the run)", _text, "ADDRESS", changes_values=False),
     Option("concurrency", "model actors on the Ray cluster, each holding the model once "
-           "(default: 1)", _positive_int, "N"),
-    Option("num_gpus", "GPUs per Ray model actor, fractions allowed (default: 0)", _non_negative, "N"),
+           "(default: 1)", _positive_int, "N", changes_values=False),
+    Option("num_gpus", "GPUs per Ray model actor, fractions allowed (default: 0)", _non_negative, "N", changes_values=False),
 )
+MANIFEST_OPTIONS = (
+    Option("path_column", "manifest column holding each file's path or URL; relative paths are "
+           "taken from the manifest's folder (default: path)", _text, "NAME", changes_values=False),
+    Option("keep_columns", "manifest columns copied into every row with their types, e.g. a "
+           "class column to review against (default: none)", _columns, "A,B"),
+)
+OPTIONS = OPTIONS + MANIFEST_OPTIONS
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
@@ -299,8 +321,16 @@ def _check_paths(config: RunConfig) -> None:
     if storage.is_url(config.input):
         if not _reach(config.input):
             raise ConfigError(f"Input {config.input} does not exist or holds no objects; check --input.")
+    elif config.input.lower().endswith(MANIFEST_SUFFIXES):
+        if not os.path.isfile(config.input):
+            raise ConfigError(f"Manifest {config.input} does not exist; check --input.")
     elif not os.path.isdir(config.input):
         raise ConfigError(f"Input directory {config.input} does not exist; check --input.")
+    if not config.input.lower().endswith(MANIFEST_SUFFIXES):
+        for name in ("path_column", "keep_columns"):
+            if getattr(config, name) != RunConfig.__dataclass_fields__[name].default:
+                raise ConfigError(f"{_flag(name)} only applies to a manifest --input (.csv, .tsv, "
+                                  f".parquet, .jsonl or .txt); drop {_flag(name)}.")
     if storage.is_url(config.output):
         _reach(config.output)
         if not storage.container_exists(config.output):

@@ -207,7 +207,7 @@ def unread_reason(item: ListedFile, options: DecodeOptions) -> str | None:
     over --max-file-mb (tf.io.read_file would read all of it into memory)."""
     if item.problem is not None:
         return item.problem
-    if item.size > options.max_file_bytes:
+    if item.size is not None and item.size > options.max_file_bytes:  # unknown for URLs in a manifest
         return f"too-large: {math.ceil(item.size / 2**20)} MB file"
     return None
 

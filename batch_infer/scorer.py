@@ -89,13 +89,13 @@ class Scorer:
     def rows(self, items: list[ListedFile], arrived: np.ndarray, images,
              data: list[bytes] | None = None) -> pa.Table:
         """One row for each of `items`: those at positions `arrived` decoded into `images` (in
-        order) and are scored; the others are diagnosed, from `data` when the engine has each
+        order) and are scored; the others are diagnosed, from `data` when the engine has a
         file's bytes, else by reading the file again."""
         arrived = [int(position) for position in arrived]
         missing = sorted(set(range(len(items))) - set(arrived))
         tables = [self.error_rows(
             [items[i].path for i in missing],
-            [diagnose_data(data[i], self.model.spec, self.decoding) if data is not None
+            [diagnose_data(data[i], self.model.spec, self.decoding) if data is not None and data[i] is not None
              else diagnose(items[i], self.model.spec, self.decoding) for i in missing])]
         if arrived:
             outputs, failures = self._predict(images)

@@ -14,10 +14,12 @@ import time
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import storage
 from .atomic import write_atomically
+from .output import Committed
 
 
 
@@ -67,9 +69,33 @@ class PartWriter:
     def _put(self, table: pa.Table, name: str) -> None:
         """The whole part in one request under its final name: an object store has no rename,
         and an object appears only once its upload is complete."""
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer, compression="zstd")
-        storage.put(storage.join(self.output, name), buffer.getvalue().to_pybytes())
+        storage.put(storage.join(self.output, name), _parquet_bytes(table))
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue().to_pybytes()
+
+
+def drop_rows(found: Committed, paths: set[str]) -> None:
+    """Rewrites each part holding any of `paths` without their rows (a part left empty is
+    removed), each part atomically, so that at every moment a path has at most one row and a
+    crash before they are scored again leaves them merely unscored."""
+    affected = sorted({found.rows[path][2] for path in paths})
+    for index in affected:
+        part = found.parts[index]
+        table = pq.read_table(part, filesystem=found.filesystem)
+        kept = table.filter(pc.invert(pc.is_in(table.column("path"), pa.array(sorted(paths), pa.string()))))
+        if found.filesystem is not None:  # one request replaces the object whole, as `storage.put`
+            if kept.num_rows:
+                found.filesystem.pipe_file(part, _parquet_bytes(kept))
+            else:
+                found.filesystem.rm(part)
+        elif kept.num_rows:
+            write_atomically(part, lambda handle: pq.write_table(kept, handle, compression="zstd"))
+        else:
+            os.remove(part)
 
 
 def remove_stale_temporaries(output: str, shard_tag: str) -> None:
