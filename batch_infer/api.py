@@ -26,7 +26,7 @@ class RunFailed(Exception):
 
 def score(model: str, input: str, output: str, **options) -> dict:
     """Scores every image under `input` into the Parquet dataset `output` and returns the summary
-    (files, ok, errors, skipped, output, elapsed_s, images_per_s).
+    (files, ok, errors, skipped, rescored, output, elapsed_s, images_per_s).
 
     `options` are the `run` options with `_` for `-`: top_k=3, shard="0/4", engine="ray",
     concurrency=4. Paths may be local or s3://, gs://... URLs. Like the command, a second call
