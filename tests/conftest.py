@@ -8,6 +8,10 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -84,3 +88,32 @@ def invoke(capsys, *argv: str) -> tuple[int, dict | None, str]:
 
 def run_cli(capsys, *args: str) -> tuple[int, dict | None, str]:
     return invoke(capsys, "run", *args)
+
+
+def read_output(out: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """OUT read back as a reader would, with pyarrow.dataset (which skips the `_`/`.` names of
+    unfinished parts and bookkeeping): one row per row of OUT, sorted by path. An s3://... OUT is
+    opened through fsspec, without its listing cache, so that parts committed since count.
+
+    pandas shows a null as NaN (in string columns too), so float columns are checked to hold no
+    NaN of their own: in the frame, pd.isna(cell) means the cell is null."""
+    filesystem = None
+    if "://" in out:
+        import fsspec
+
+        filesystem, out = fsspec.core.url_to_fs(out, skip_instance_cache=True)
+    if columns is not None and "path" not in columns:
+        columns = ["path", *columns]
+    table = ds.dataset(out, format="parquet", filesystem=filesystem).to_table(columns=columns)
+    for name, column in zip(table.column_names, table.columns):
+        if pa.types.is_floating(column.type):
+            assert not pc.any(pc.is_nan(column)).as_py(), f"{name} holds NaN values; a missing value is null"
+    return table.to_pandas().sort_values("path", ignore_index=True, kind="stable")
+
+
+def skip_or_fail(message: str) -> None:
+    """Skips a test whose tool or package is missing, except under CI=true, where a skip would
+    hide that the test never ran: there it fails."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}. CI=true, so this test must run, not skip.")
+    pytest.skip(message)
