@@ -171,13 +171,25 @@ def pixels(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: De
 
 
 def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
-    """Encoded bytes to one model input, shaped and typed as the signature wants.
+    """Encoded bytes to one model input, shaped and typed as the signature wants."""
+    return _decode(data, headers.read_header(data), spec, options)
 
-    The CHECKS run before the decoder (control dependencies), so a decompression bomb costs a
+
+def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:
+    """`decode`, and what the file says of itself, where its bytes already are: the stored size
+    from the header (0 when unknown) and a 64-bit fingerprint of the bytes (FarmHash, as
+    tf.fingerprint computes it), for the `width`, `height` and `content_hash` columns."""
+    header = headers.read_header(data)
+    facts = {"width": tf.cast(header.width, tf.int32), "height": tf.cast(header.height, tf.int32),
+             "content_hash": tf.fingerprint(data[None])[0]}
+    return _decode(data, header, spec, options), facts
+
+
+def _decode(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
+    """The CHECKS run before the decoder (control dependencies), so a decompression bomb costs a
     header read and never its pixels; a failed check drops the file like a decode error and
     `diagnose` names the reason.
     """
-    header = headers.read_header(data)
     acceptable = tf.reduce_all(tf.stack([check.passes(header, spec, options) for check in CHECKS]))
     # Strings only: with other data, tf.debugging.Assert wraps itself in a cond, a call per file.
     with tf.control_dependencies([tf.debugging.Assert(acceptable, ["header check failed"])]):

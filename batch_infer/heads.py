@@ -150,3 +150,26 @@ class Classification:
     def describe(self) -> str:
         return (f"output {self.output_key} ({self.num_classes} classes, activation {self.activation}: "
                 f"{self.activation_reason}), labels: {self.labels_source}")
+
+
+class FileFacts:
+    """What each file says of itself, from the decoder: its stored size (before any turn or
+    resize; null when the header does not say) and a fingerprint of its bytes, for exact
+    duplicates."""
+
+    FIELDS = [pa.field("width", pa.int32()), pa.field("height", pa.int32()),
+              pa.field("content_hash", pa.string())]
+
+    def fields(self) -> list[pa.Field]:
+        return self.FIELDS
+
+    def columns(self, outputs: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+        return {"width": pa.array(outputs["width"], pa.int32(), mask=outputs["width"] == 0),
+                "height": pa.array(outputs["height"], pa.int32(), mask=outputs["height"] == 0),
+                "content_hash": pa.array([bytes(row).hex() for row in outputs["content_hash"]], pa.string())}
+
+    def metadata(self) -> dict[str, str]:
+        return {"content_hash": "farmhash64 of the file's bytes (tf.fingerprint), as 16 hex digits"}
+
+    def describe(self) -> str:
+        return "width, height and content hash from the decoder"

@@ -42,14 +42,15 @@ class LocalEngine:
             yield table
 
 
-def _with_gaps(readable: list[ListedFile], decoded) -> Iterator[tuple[list[ListedFile], np.ndarray, object]]:
-    """(files, positions among them that decoded, their images) per batch: the files a batch
+def _with_gaps(readable: list[ListedFile], decoded) -> Iterator[tuple]:
+    """(files, positions among them that decoded, their images, None: no bytes at hand, their
+    facts) per batch: the files a batch
     covers run from the one after the previous batch to its last, so files that dropped out of
     decoding are in the batch after them (or in a last one without images)."""
     next_index = 0
-    for indices, images in decoded:
+    for indices, images, facts in decoded:
         end = int(indices[-1]) + 1
-        yield readable[next_index:end], indices - next_index, images
+        yield readable[next_index:end], indices - next_index, images, None, facts
         next_index = end
     if next_index < len(readable):
-        yield readable[next_index:], np.array([], np.int64), None
+        yield readable[next_index:], np.array([], np.int64), None, None, {}

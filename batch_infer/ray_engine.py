@@ -148,8 +148,8 @@ class Actor:
                  for path, location in zip(batch["path"], locations)]
         data = list(batch["bytes"]) if "bytes" in batch else list(self.decode.pool.map(_read_or_none, items))
         readable = [i for i, one in enumerate(data) if one is not None]
-        decoded, images = self.decode([data[i] for i in readable])
-        return self.scorer.rows(items, [readable[j] for j in decoded], images, data)
+        decoded, images, facts = self.decode([data[i] for i in readable])
+        return self.scorer.rows(items, [readable[j] for j in decoded], images, data, facts)
 
 
 def _read_or_none(item: ListedFile) -> bytes | None:

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from .config import RunConfig
 from .decoding import DecodeOptions, diagnose, diagnose_data, unread_reason
-from .heads import Classification, Head
+from .heads import Classification, FileFacts, Head
 from .listing import ListedFile
 from .model import Model, load_model
 from .tf_import import short_error, tf
@@ -62,7 +62,7 @@ class Scorer:
         model = load_model(config.model, config.signature, config.input_key, config.image_size,
                            config.preprocess)
         heads = [Classification.for_model(model, config.output_key, config.activation, config.labels,
-                                           config.top_k)]
+                                           config.top_k), FileFacts()]
         return cls(model, heads, DecodeOptions.from_config(config))
 
     def metadata(self) -> dict[str, str]:
@@ -87,10 +87,11 @@ class Scorer:
                 [item for item, reason in zip(todo, reasons) if reason is None])
 
     def rows(self, items: list[ListedFile], arrived: np.ndarray, images,
-             data: list[bytes] | None = None) -> pa.Table:
+             data: list[bytes] | None = None, facts: dict[str, np.ndarray] | None = None) -> pa.Table:
         """One row for each of `items`: those at positions `arrived` decoded into `images` (in
-        order) and are scored; the others are diagnosed, from `data` when the engine has a
-        file's bytes, else by reading the file again."""
+        order) and are scored, their `facts` (see `decoding.decode_with_facts`) beside the model's
+        outputs; the others are diagnosed, from `data` when the engine has a file's bytes, else
+        by reading the file again."""
         arrived = [int(position) for position in arrived]
         missing = sorted(set(range(len(items))) - set(arrived))
         tables = [self.error_rows(
@@ -102,7 +103,9 @@ class Scorer:
             paths = [items[i].path for i in arrived]
             scored = [path for row, path in enumerate(paths) if row not in failures]
             if scored:
-                tables.append(self.table.ok(scored, outputs))
+                kept = [row for row in range(len(paths)) if row not in failures]
+                tables.append(self.table.ok(scored, {**outputs, **{name: value[kept] for name, value
+                                                                    in (facts or {}).items()}}))
             tables.append(self.error_rows([paths[row] for row in failures], list(failures.values())))
         return pa.concat_tables(tables)
 

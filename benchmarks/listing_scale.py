@@ -25,16 +25,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SAMPLE_MODEL = os.path.join(REPO, "sample_data", "digits_model")
 PER_FOLDER = 1000
+LINKS_PER_SOURCE = 50_000
 
 
 def make_corpus(root: str, count: int) -> None:
     marker = os.path.join(root, f".complete-{count}")
     if os.path.exists(marker):
         return
-    source = os.path.join(REPO, "sample_data", "images", "one", sorted(os.listdir(os.path.join(
-        REPO, "sample_data", "images", "one")))[0])
+    one = os.path.join(REPO, "sample_data", "images", "one")
+    with open(os.path.join(one, min(name for name in os.listdir(one) if name.endswith(".png"))), "rb") as handle:
+        image = handle.read()
+    os.makedirs(os.path.join(root, "sources"), exist_ok=True)
     for i in range(count):
-        folder = os.path.join(root, f"{i // PER_FOLDER:04d}")
+        if i % LINKS_PER_SOURCE == 0:  # file systems cap the links to one file (ext4: 65,000)
+            source = os.path.join(root, "sources", f"{i // LINKS_PER_SOURCE}.bin")
+            with open(source, "wb") as handle:
+                handle.write(image)
+        folder = os.path.join(root, "images", f"{i // PER_FOLDER:04d}")
         if i % PER_FOLDER == 0:
             os.makedirs(folder, exist_ok=True)
         target = os.path.join(folder, f"{i:07d}.png")
@@ -76,7 +83,7 @@ def make_output(root: str, output: str, count: int) -> None:
     """OUT with a row for every file: folder 0000 scored for real, the rest written alike."""
     if os.path.isdir(output):
         return
-    first = os.path.join(root, "first")
+    first = os.path.join(os.path.dirname(root), "first")
     os.makedirs(first, exist_ok=True)
     for name in os.listdir(os.path.join(root, "0000")):
         if not os.path.exists(os.path.join(first, name)):
@@ -107,10 +114,10 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1_000_000)
     parser.add_argument("--root", default=os.path.join(HERE, "corpora", "links"))
     args = parser.parse_args()
-    corpus = os.path.join(args.root, "corpus")
+    make_corpus(args.root, args.files)
+    corpus = os.path.join(args.root, "images")
     output = os.path.join(args.root, f"out-{args.files}")
-    make_corpus(corpus, args.files)
-    make_output(args.root, output, args.files)
+    make_output(corpus, output, args.files)
     common = ("--model", SAMPLE_MODEL, "--input", corpus, "--output", output, "--extensions", "png")
     wall, peak, summary = run(*common)
     assert summary["skipped"] == args.files and summary["ok"] == 0, summary

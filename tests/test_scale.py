@@ -301,6 +301,6 @@ def test_unreadable_object_becomes_a_read_error_row(s3):
              ListedFile("gone.png", f"{s3}/in/gone.png".encode(), size=100)]
     spec = InputSpec(False, (16, 16), 3, tf.float32, "raw")
     options = DecodeOptions(10**8, 512, exif_transpose=True, scaled_decode=True)
-    arrived = [int(i) for indices, _ in batches(files, spec, 4, options) for i in indices]
+    arrived = [int(i) for indices, _, _ in batches(files, spec, 4, options) for i in indices]
     assert arrived == [0]
     assert diagnose(files[1], spec, options).startswith("read: ")

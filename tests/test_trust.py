@@ -210,9 +210,11 @@ def test_manifest_problems(photos, tmp_path, capsys):
 
 def test_unreachable_ray_address_fails_at_once(photos, tmp_path, capsys):
     pytest.importorskip("ray")
-    started = time.monotonic()
-    code, _, err = score(capsys, photos, str(tmp_path / "out"), "--engine", "ray", "--ray-address", "127.0.0.1:9")
-    assert code == 2 and "Could not connect to Ray at 127.0.0.1:9" in err
+    started = time.monotonic()  # in a process of its own: this one may have joined a Ray already
+    result = subprocess.run([sys.executable, "-m", "batch_infer", "run", "--model", SAMPLE_MODEL, "--input", photos,
+                             "--output", str(tmp_path / "out"), "--engine", "ray", "--ray-address", "127.0.0.1:9"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Could not connect to Ray at 127.0.0.1:9" in result.stderr
     assert time.monotonic() - started < 15
 
 
@@ -234,3 +236,25 @@ def test_sigterm_under_load_exits_within_3_s(tmp_path):
     assert process.returncode == 143, err
     assert time.monotonic() - sent < 3, f"{time.monotonic() - sent:.1f} s from SIGTERM to exit"
     assert json.loads(out.strip().splitlines()[-1])["ok"] == len(rows_of(output))
+
+
+def test_width_height_and_content_hash_come_from_the_file(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "in"
+    images.write_image(root / "wide.png", images.random_pixels(1, 20, 44))
+    images.write_image(root / "tall.jpg", images.random_pixels(2, 50, 18))
+    shutil.copy(root / "wide.png", root / "copy of wide.png")
+    images.write_truncated_jpeg(root / "broken.jpg")
+    output = str(tmp_path / "out")
+    assert score(capsys, str(root), output)[0] == 0
+    rows = rows_of(output).set_index("path")
+    for name in ("wide.png", "tall.jpg"):
+        with Image.open(root / name) as image:
+            assert (rows.loc[name, "width"], rows.loc[name, "height"]) == image.size
+    assert rows.loc["wide.png", "content_hash"] == rows.loc["copy of wide.png", "content_hash"]
+    assert rows.loc["wide.png", "content_hash"] != rows.loc["tall.jpg", "content_hash"]
+    assert len(rows.loc["tall.jpg", "content_hash"]) == 16
+    assert rows.loc["broken.jpg", ["width", "height", "content_hash"]].isna().all()
+    schema = ds.dataset(output, format="parquet").schema
+    assert schema.field("width").type == pa.int32() and schema.field("content_hash").type == pa.string()
