@@ -37,10 +37,10 @@ def save_float_probabilities(path, channels: int = 3, classes: int = 5, size=(SI
     return path
 
 
-def save_uint8_logits(path, signature: str = "classify"):
+def save_uint8_logits(path, signature: str = "classify", size=(SIZE, SIZE)):
     """A custom signature name, uint8 input, logits out."""
     module = PixelClassifier()
-    spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8, name="pixels")
+    spec = tf.TensorSpec([None, size[0], size[1], 3], tf.uint8, name="pixels")
     fn = tf.function(lambda pixels: {"logits": module.logits(pixels)}, input_signature=[spec])
     tf.saved_model.save(module, str(path), signatures={signature: fn})
     return path
