@@ -24,7 +24,7 @@ import numpy as np
 
 from . import parallel
 from .config import DEFAULT_EXTENSIONS, PREPROCESS_MODES, ConfigError
-from .decoding import DecodeOptions, Resize, decode, scaled
+from .decoding import DecodeOptions, Resize, to_channels, checked, pixels, resized, scaled
 from .heads import Classification
 from .listing import list_images
 from .model import load_model
@@ -144,17 +144,25 @@ def compare(model_path: str, labelled_dir: str, sample: int = 200, signature: st
 def _score(model, head, files, geometries, candidates, plan):
     """(top-1 class [candidates, files], top-1 score, positions of the files that decoded)."""
     spec = model.spec
-    raw_spec = spec if spec.encoded else replace(spec, dtype=tf.float32, preprocess="raw")
-    options = [DecodeOptions(10**8, 512, True, True, resize or Resize()) for resize in geometries]
+    # Each file is decoded once (at the finest JPEG scale any candidate needs: all but pad share
+    # the crop fraction), then resized once per candidate resize: one decode graph, cheap to trace.
+    options = DecodeOptions(10**8, 512, True, True, geometries[0] or Resize())
 
     def load(index, path):
-        data = tf.io.read_file(path)
-        return index, tuple(decode(data, raw_spec, option) for option in options)
+        data, header = checked(tf.io.read_file(path), spec, options)
+        if spec.encoded:
+            return index, (data,)
+        upright = to_channels(pixels(data, header, spec, options), spec.channels)
+        return index, tuple(resized(upright, spec.image_size, resize) for resize in geometries)
 
     paths = np.array([item.fs_path for item in files], dtype=object)
+    threading = tf.data.Options()
+    threading.autotune.enabled = False  # as in `pipeline`
+    threading.threading.private_threadpool_size = plan.decode
+    threading.threading.max_intra_op_parallelism = 1
     dataset = (tf.data.Dataset.from_tensor_slices((np.arange(len(files)), paths))
                .map(load, num_parallel_calls=plan.decode, deterministic=True)
-               .ignore_errors().batch(BATCH).prefetch(2))
+               .ignore_errors().batch(BATCH).prefetch(plan.streams + 1).with_options(threading))
 
     def predict(job):
         index, per_geometry = job

@@ -217,7 +217,7 @@ CHECKS = (
 )
 
 
-def _channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
+def to_channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
     """Gray, gray+alpha, RGB or RGBA as the model's 1 or 3 channels. Alpha is dropped, as
     Pillow's convert("RGB") does; colour becomes gray by the same ITU-R 601 luma for every format
     (gray pixels stay exactly as they are)."""
@@ -259,21 +259,26 @@ def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tenso
     header read and never its pixels; a failed check drops the file like a decode error and
     `diagnose` names the reason.
     """
+    data, header = checked(data, spec, options)
+    if spec.encoded:
+        return data
+    return model_input(pixels(data, header, spec, options), spec, options.resize)
+
+
+def checked(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, headers.Header]:
+    """(the bytes, only once the CHECKS pass; their header)."""
     header = headers.read_header(data)
     acceptable = tf.reduce_all(tf.stack([check.passes(header, spec, options) for check in CHECKS]))
     # Strings only: with other data, tf.debugging.Assert wraps itself in a cond, a call per file.
     with tf.control_dependencies([tf.debugging.Assert(acceptable, ["header check failed"])]):
-        data = tf.identity(data)
-    if spec.encoded:
-        return data
-    return model_input(pixels(data, header, spec, options), spec, options.resize)
+        return tf.identity(data), header
 
 
 def model_input(image: tf.Tensor, spec: InputSpec, resize: Resize = Resize()) -> tf.Tensor:
     """Upright pixels as stored ([height, width, 1 to 4] uint8) to one model input: the model's
     channels, its size (`resized`), its dtype and pixel scaling (`scaled`). Every decoder's
     pixels come through here."""
-    return scaled(resized(_channels(image, spec.channels), spec.image_size, resize), spec)
+    return scaled(resized(to_channels(image, spec.channels), spec.image_size, resize), spec)
 
 
 def _box(height, width, target: tuple[int, int], resize: Resize):

@@ -118,7 +118,7 @@ def _train_levels(model, inputs: np.ndarray, classes: np.ndarray, path) -> str:
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(0.02), loss="sparse_categorical_crossentropy")
-    model.fit(inputs, classes, epochs=40, batch_size=64, verbose=0)
+    model.fit(inputs, classes, epochs=20, batch_size=32, verbose=0)
     model.export(str(path), verbose=False)
     with open(os.path.join(str(path), "labels.txt"), "w") as handle:
         handle.write("\n".join(LEVEL_LABELS) + "\n")
@@ -138,7 +138,7 @@ def train_centre_symmetric(path) -> str:
     import keras
 
     keras.utils.set_random_seed(5)
-    pixels, classes = _level_batch(np.random.default_rng(5), 800)
+    pixels, classes = _level_batch(np.random.default_rng(5), 400)
     model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
                               keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(len(LEVEL_LABELS), activation="softmax")])
@@ -151,7 +151,7 @@ def train_rescaling_raw(path) -> str:
     import keras
 
     keras.utils.set_random_seed(6)
-    pixels, classes = _level_batch(np.random.default_rng(6), 800)
+    pixels, classes = _level_batch(np.random.default_rng(6), 400)
     model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
                               keras.layers.Conv2D(8, 3, activation="relu"),
                               keras.layers.GlobalAveragePooling2D(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -216,3 +217,71 @@ def test_scaled_decode_keeps_the_crop_fraction_box_above_the_model_size():
     assert int(_jpeg_scale(header, scale_target(spec, Resize("crop", 0.5)))) == 1
     assert int(_jpeg_scale(header, scale_target(spec, Resize("crop", 1.0)))) == 2
     assert int(_jpeg_scale(header, scale_target(spec, Resize("pad", 1.0)))) == 2
+
+
+# --- inspect --against -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two models trained here under known preprocessing, and labelled folders for each:
+    (centre-crop + symmetric model, its photos; Rescaling-inside model, its uniform photos)."""
+    root = tmp_path_factory.mktemp("trained")
+    centre = models.train_centre_symmetric(root / "centre")
+    rescaling = models.train_rescaling_raw(root / "rescaling")
+    photos = models.write_level_photos(root / "photos", 8, ("dark", "Dim", "light", "white"))
+    models.write_level_photos(root / "photos", 2, ("unknown",))
+    uniform = models.write_level_photos(root / "uniform", 8, uniform=True)
+    return centre, photos, rescaling, uniform
+
+
+def test_against_names_the_centre_crop_and_symmetric_scaling(trained, capsys):
+    centre, photos, _, _ = trained
+    from batch_infer.cli import main
+
+    assert main(["inspect", centre, "--against", photos, "--sample", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    best = result["best"]
+    assert (best["resize"], best["preprocess"]) == ("crop", "symmetric")
+    assert best["top1_accuracy"] > 0.9 and result["lead"] > 0.2
+    assert result["unmatched_folders"] == ["unknown"]
+    assert result["matched_folders"] == {"Dim": 1, "dark": 0, "light": 2, "white": 3}
+    assert result["files_scored"] == 32 and len(result["candidates"]) == 30
+    # Only antialias (all these images are flat) may be within noise of the best.
+    assert all("--resize crop" in flags and "symmetric" in flags for flags in result["within_noise"])
+
+
+def test_against_says_within_noise_when_it_cannot_tell(trained, capsys):
+    """Uniform images give stretch and crop the same pixels: raw wins, and the resize is a tie."""
+    from batch_infer.cli import main
+
+    _, _, rescaling, uniform = trained
+    assert main(["inspect", rescaling, "--against", uniform, "--sample", "24"]) == 0
+    text = capsys.readouterr().out
+    best_line = next(line for line in text.splitlines() if line.startswith("best: "))
+    assert "--preprocess raw" in best_line
+    warning = text.split("within noise of the best")[1]
+    assert "--preprocess raw" in warning and "--resize crop" in (best_line + warning)
+    assert "no number of files like these would separate them" in warning
+
+
+def test_against_without_matching_folders_ranks_by_confidence(trained, tmp_path, capsys):
+    _, _, rescaling, uniform = trained
+    renamed = tmp_path / "classes"
+    renamed.mkdir()
+    for number, folder in enumerate(sorted(os.listdir(uniform))):
+        shutil.copytree(os.path.join(uniform, folder), renamed / f"class {number}")
+    from batch_infer.cli import main
+
+    assert main(["inspect", rescaling, "--against", str(renamed), "--sample", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "no folder matches a label of the model" in text and "weak" in text
+
+
+def test_inspect_shows_the_preprocessing(float_model, capsys):
+    from batch_infer.cli import main
+
+    assert main(["inspect", float_model, "--preset", "imagenet", "--interpolation", "area"]) == 0
+    text = capsys.readouterr().out
+    assert "resize      crop, centre 0.875, area, antialiased" in text
+    assert "preprocess  torch" in text and "preset      imagenet" in text
