@@ -106,7 +106,7 @@ def _inspect(args: argparse.Namespace) -> int:
         from .against import compare, format_comparison
 
         sample = positive_int("sample", args.sample)
-        result = compare(os.path.abspath(args.model), os.path.abspath(args.against), sample,
+        result = compare(os.path.abspath(args.model), args.against, sample,
                          args.signature, args.input_key, args.output_key, image_size, resize)
         print(json.dumps(result, indent=2) if args.json else format_comparison(result))
         return EXIT_OK
