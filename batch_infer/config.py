@@ -20,6 +20,19 @@ class ConfigError(Exception):
 
 
 PREPROCESS_MODES = ("raw", "unit", "symmetric", "caffe", "torch")
+RESIZE_MODES = ("stretch", "crop", "pad")
+INTERPOLATIONS = ("bilinear", "bicubic", "area", "nearest", "lanczos3")
+# Named bundles of preprocessing choices; flags given explicitly (or in a job file) win.
+PRESETS = {
+    # keras.utils.image_dataset_from_directory(image_size=..., interpolation="bilinear"): its
+    # decode_image (no EXIF turn, never at reduced scale), bilinear without antialias, raw 0..255.
+    "keras": {"resize": "stretch", "crop_fraction": 1.0, "interpolation": "bilinear",
+              "antialias": False, "preprocess": "raw", "exif_transpose": False,
+              "scaled_decode": False},
+    # timm/torchvision evaluation: shorter side to size/0.875, centre crop, bicubic, mean/std.
+    "imagenet": {"resize": "crop", "crop_fraction": 0.875, "interpolation": "bicubic",
+                 "antialias": True, "preprocess": "torch"},
+}
 ACTIVATIONS = ("auto", "softmax", "sigmoid", "none")
 DEVICES = ("auto", "cpu", "gpu")
 LOG_FORMATS = ("text", "json")
@@ -64,6 +77,11 @@ class RunConfig:
     scaled_decode: bool = True
     path_column: str = "path"
     keep_columns: tuple[str, ...] = ()
+    resize: str = "stretch"
+    crop_fraction: float = 1.0
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    preset: str | None = None
 
 
 # --- value parsers: accept the text of a flag or the native TOML value ---------------------------
@@ -83,6 +101,9 @@ def _positive_int(name: str, value: Any) -> int:
     return number
 
 
+positive_int = _positive_int
+
+
 def _non_negative(name: str, value: Any) -> float:
     try:
         number = float(value)
@@ -100,6 +121,17 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
         return value
 
     return parse
+
+
+def _fraction(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not 0.0 < number <= 1.0:
+        raise ConfigError(f"{_flag(name)} must be a number above 0 and at most 1, e.g. 0.875; "
+                          f"got {value!r}.")
+    return number
 
 
 def _text(name: str, value: Any) -> str:
@@ -187,6 +219,18 @@ OPTIONS = (
     Option("preprocess", "pixel scaling applied before the model: raw 0..255, unit 0..1, symmetric "
            "-1..1, caffe (BGR minus ImageNet mean), torch (ImageNet mean/std) (default: raw)",
            _choice(PREPROCESS_MODES)),
+    Option("resize", "how the image becomes the model size: stretch (both sides to size), crop "
+           "(scale so the shorter side fits, keep the centre), pad (scale so the longer side fits, "
+           "pad with zeros) (default: stretch)", _choice(RESIZE_MODES)),
+    Option("crop_fraction", "take the centre F of the resized image, as timm's crop_pct: resize to "
+           "size/F, then keep the model size (default: 1)", _fraction, "F"),
+    Option("interpolation", "resampling filter: bilinear, bicubic, area, nearest or lanczos3 "
+           "(default: bilinear)", _choice(INTERPOLATIONS)),
+    Option("antialias", "widen the filter when shrinking, so large photos are not aliased "
+           "(default: on)", _bool, boolean=True),
+    Option("preset", "a named bundle of preprocessing choices that flags given explicitly "
+           "override: keras (as keras.utils.image_dataset_from_directory), imagenet (as "
+           "timm/torchvision evaluation) (default: none)", _choice(tuple(PRESETS))),
     Option("activation", "turn outputs into probabilities: auto detects logits once per run "
            "(default: auto)", _choice(ACTIVATIONS)),
     Option("recursive", "descend into subdirectories (default: recursive)", _bool, boolean=True, changes_values=False),
@@ -234,7 +278,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds every run option; unset flags stay absent so the job file can fill them."""
     parser.add_argument("--job", metavar="FILE", default=argparse.SUPPRESS,
                         help="TOML job file with these options as keys (flags given here win)")
-    for option in OPTIONS:
+    add_options(parser, [option.name for option in OPTIONS])
+
+
+PREPROCESSING_OPTIONS = ("preprocess", "resize", "crop_fraction", "interpolation", "antialias", "preset")
+
+
+def add_options(parser: argparse.ArgumentParser, names) -> None:
+    """Adds the named options, with the same flags and help text everywhere (run and inspect)."""
+    for option in (OPTIONS_BY_NAME[name] for name in names):
         if option.name == "quiet":
             parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                                 help=option.help)
@@ -293,7 +345,25 @@ def parse_options(values: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"Unknown option(s) {', '.join(unknown)}; valid options are "
                           f"{', '.join(OPTIONS_BY_NAME)}.")
-    return {name: OPTIONS_BY_NAME[name].parse(name, value) for name, value in values.items()}
+    parsed = {name: OPTIONS_BY_NAME[name].parse(name, value) for name, value in values.items()}
+    return apply_preset(parsed)
+
+
+def apply_preset(parsed: dict[str, Any]) -> dict[str, Any]:
+    """The preset's values under the options given explicitly, then the preprocessing options
+    checked against each other."""
+    preset = parsed.get("preset")
+    if preset is not None:
+        explicit = set(parsed)
+        parsed = {**PRESETS[preset], **parsed}
+        if preset == "keras" and "scaled_decode" in explicit and parsed["scaled_decode"]:
+            raise ConfigError("--scaled-decode does not apply to --preset keras, which decodes every "
+                              "file at full size as Keras does; drop --scaled-decode.")
+    if parsed.get("resize") == "pad" and parsed.get("crop_fraction", 1.0) < 1.0:
+        raise ConfigError("--crop-fraction keeps only the centre of the image while --resize pad "
+                          "keeps all of it; use --resize crop or stretch with --crop-fraction, or "
+                          "drop --crop-fraction.")
+    return parsed
 
 
 def _check_engine(config: RunConfig, given: dict[str, Any]) -> None:

@@ -4,14 +4,16 @@ options, or the sentence it would stop with."""
 from __future__ import annotations
 
 from .config import ConfigError
+from .decoding import DecodeOptions, Resize
 from .heads import Classification
 from .labels import find_labels_file, read_labels
 from .model import TensorInfo, load_saved_model, model_for, signature_inputs, signature_outputs
+from .scorer import check_resize_applies
 
 
 def describe(path: str, signature: str = "serving_default", input_key: str | None = None,
              output_key: str | None = None, image_size: tuple[int, int] | None = None,
-             preprocess: str = "raw") -> dict:
+             preprocess: str = "raw", resize: Resize = Resize(), preset: str | None = None) -> dict:
     loaded = load_saved_model(path)
     signatures = {
         name: {"inputs": [vars(info) for info in signature_inputs(function)],
@@ -24,6 +26,7 @@ def describe(path: str, signature: str = "serving_default", input_key: str | Non
     try:
         model = model_for(loaded, path, signature, input_key, image_size, preprocess)
         head = Classification.for_model(model, output_key)
+        check_resize_applies(model, DecodeOptions(1, 1, True, True, resize, preset=preset))
     except ConfigError as error:
         return {**result, "run": None, "problem": str(error)}
     spec = model.spec
@@ -32,6 +35,11 @@ def describe(path: str, signature: str = "serving_default", input_key: str | Non
         "input": "encoded image bytes" if spec.encoded else "pixels",
         "image_size": None if spec.encoded else f"{spec.image_size[0]}x{spec.image_size[1]}",
         "channels": spec.channels, "input_dtype": spec.dtype.name, "preprocess": spec.preprocess,
+        "resize": None if spec.encoded else {
+            "mode": resize.mode, "crop_fraction": resize.crop_fraction,
+            "interpolation": resize.interpolation, "antialias": resize.antialias,
+            "description": resize.describe()},
+        "preset": preset,
         "num_classes": head.num_classes, "activation": head.activation,
         "activation_reason": head.activation_reason,
     }
@@ -54,10 +62,17 @@ def format_description(info: dict) -> str:
         rows = [
             ("signature", chosen["signature"]), ("input key", chosen["input_key"]),
             ("input", f"{chosen['input']}, {chosen['input_dtype']}"), ("image size", size),
-            ("channels", chosen["channels"] or "-"), ("preprocess", chosen["preprocess"]),
+            ("channels", chosen["channels"] or "-"),
+        ]
+        if chosen["resize"] is not None:
+            rows.append(("resize", chosen["resize"]["description"]))
+        rows += [
+            ("preprocess", chosen["preprocess"]),
             ("output key", f"{chosen['output_key']} ({chosen['num_classes']} classes)"),
             ("activation", f"{chosen['activation']} ({chosen['activation_reason']})"),
         ]
+        if chosen["preset"]:
+            rows.append(("preset", chosen["preset"]))
         lines += [f"  {key:<11} {value}" for key, value in rows]
     labels = info["labels"]
     lines.append("labels: " + (f"{labels['file']} ({labels['count']} labels)" if labels

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from .config import RunConfig
+from .config import ConfigError
 from .decoding import DecodeOptions, diagnose, diagnose_data, unread_reason
 from .heads import Classification, FileFacts, Head
 from .listing import ListedFile
@@ -45,6 +46,15 @@ class Rows:
         return pa.table(columns, schema=self.schema)
 
 
+def check_resize_applies(model: Model, decoding: DecodeOptions) -> None:
+    """A model that takes encoded bytes decodes and resizes them itself, so resize options and
+    the presets would change nothing: refused rather than recorded as if they had applied."""
+    if model.spec.encoded and (not decoding.resize.is_default or decoding.preset is not None):
+        raise ConfigError(f"Signature {model.signature!r} takes encoded image bytes and resizes them "
+                          "itself, so --resize, --crop-fraction, --interpolation, --antialias and "
+                          "--preset do not apply; drop them.")
+
+
 class Scorer:
     """A loaded model, its heads and the decode options: everything both engines need to turn
     decoded batches into rows in one schema."""
@@ -63,7 +73,9 @@ class Scorer:
                            config.preprocess)
         heads = [Classification.for_model(model, config.output_key, config.activation, config.labels,
                                            config.top_k), FileFacts()]
-        return cls(model, heads, DecodeOptions.from_config(config))
+        decoding = DecodeOptions.from_config(config)
+        check_resize_applies(model, decoding)
+        return cls(model, heads, decoding)
 
     def metadata(self) -> dict[str, str]:
         merged = {**self.model.metadata(), **self.decoding.metadata()}
