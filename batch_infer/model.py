@@ -332,6 +332,7 @@ def embedding_layers(model) -> list[TensorInfo]:
     """Layers whose output can be an embedding: [batch, D] vectors, or feature maps and token
     sequences, pooled to [batch, D]. Layers inside a nested model are not reachable by name."""
     found = []
+    image_shapes = {tuple(tensor.shape) for tensor in model.inputs}
     for layer in model.layers[:-1]:
         try:
             tensor = layer.output
@@ -339,8 +340,8 @@ def embedding_layers(model) -> list[TensorInfo]:
             continue
         if not hasattr(tensor, "shape") or len(tensor.shape) not in (2, 3, 4):
             continue
-        if type(layer).__name__ == "InputLayer":
-            continue
+        if type(layer).__name__ == "InputLayer" or tuple(tensor.shape) in image_shapes:
+            continue  # the image itself, or a preprocessing layer's rescaled copy of it
         found.append(_keras_info(layer.name, tensor))
     return found
 
