@@ -408,6 +408,8 @@ def load_keras_model(path: str, input_key: str | None = None,
     def function(**inputs):
         return traced(inputs[key])
 
+    function.traced = traced  # for tests: one trace serves every batch size
+
     infos = []
     for name, tensor in outputs.items():
         info = _keras_info(name, tensor)
