@@ -289,7 +289,7 @@ def test_inspect_shows_layers_and_embedding_outputs(model_files, capsys):
 
 def test_ray_engine_gives_the_local_table_with_embeddings(ray_cluster, model_files, image_dir, tmp_path, capsys):
     flags = ["--model", model_files["functional.keras"], "--input", image_dir, "--embedding-layer",
-             "conv", "--keep-output", "probs", "--batch-size", "4", "--quiet"]
+             "conv", "--keep-output", "probs", "--output-key", "probs", "--batch-size", "4", "--quiet"]
     for engine in ("local", "ray"):
         code, summary, err = run_cli(capsys, *flags, "--output", str(tmp_path / engine), "--engine", engine)
         assert code == 0 and (summary["ok"], summary["errors"]) == (12, 1), err
