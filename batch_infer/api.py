@@ -60,7 +60,8 @@ _RUN_ONLY = ("input", "output", "job", "recursive", "extensions", "shard", "max_
 def score_dataset(dataset, model: str, **options):
     """Scores a Ray Dataset with columns `bytes` (encoded image files) and `path`, and returns a
     Ray Dataset of rows in the output schema (`path` as given, then status, error, label, score,
-    top_k_labels, top_k_indices, top_k_scores): one row per input row, bad files as error rows.
+    top_k_labels, top_k_indices, top_k_scores, and embedding or output_KEY when asked for): one
+    row per input row, bad files as error rows.
 
     `options` are the model options of `score` (signature, batch_size, top_k, preprocess,
     concurrency, num_gpus, ...). The model is loaded here once to check it, then once per actor;

@@ -305,3 +305,22 @@ def test_ray_engine_gives_the_local_table_with_embeddings(ray_cluster, model_fil
                 assert got[column] is None
             else:
                 np.testing.assert_allclose(got[column], want[column], atol=1e-5)
+
+
+def test_parts_are_bounded_in_bytes_as_well_as_rows(tmp_path):
+    """1,280-d embeddings: 100 rows of 5 KiB each commit at a 128 KiB bound before 2000 rows."""
+    from batch_infer.heads import Embedding
+    from batch_infer.scorer import Rows
+    from batch_infer.sink import PartWriter
+
+    head = Embedding("features", 1280, "test", None, normalize=False)
+    rows = Rows([head])
+    writer = PartWriter(str(tmp_path), "test", rows.schema, {}, max_rows=2000, max_bytes=128 * 2**10,
+                        clock=lambda: 0.0)
+    for batch in range(10):
+        vectors = np.random.default_rng(batch).normal(size=(10, 1280)).astype(np.float32)
+        writer.add(rows.ok([f"{batch}-{i}" for i in range(10)], {"features": vectors}))
+    writer.commit()
+    parts = ds.dataset(str(tmp_path), format="parquet")
+    sizes = [fragment.count_rows() for fragment in parts.get_fragments()]
+    assert sum(sizes) == 100 and max(sizes) <= 30 and len(sizes) >= 4
