@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="batch-infer", description="Score a directory of images with a "
-                     "TensorFlow SavedModel and write predictions to Parquet.")
+                     "TensorFlow SavedModel or Keras model and write predictions to Parquet.")
     parser.add_argument("--version", action="version", version=f"batch-infer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -36,11 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
 
     inspect = commands.add_parser(
-        "inspect", help="show what a SavedModel expects and what run would use",
-        description="Show every signature of a SavedModel and what `run` would choose. "
+        "inspect", help="show what a model expects and what run would use",
+        description="Show every signature of a SavedModel (or a Keras file's input, outputs and "
+                    "the layers that can serve as embeddings) and what `run` would choose. "
                     "Example: batch-infer inspect model/",
     )
-    inspect.add_argument("model", metavar="MODEL", help="SavedModel directory")
+    inspect.add_argument("model", metavar="MODEL", help="SavedModel directory, or a Keras .keras or .h5 file")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.add_argument("--signature", default="serving_default", metavar="NAME",
                          help="signature run would call (default: serving_default)")

@@ -37,10 +37,12 @@ ACTIVATIONS = ("auto", "softmax", "sigmoid", "none")
 DEVICES = ("auto", "cpu", "gpu")
 LOG_FORMATS = ("text", "json")
 ENGINES = ("local", "ray")
+TASKS = ("classify", "embed")
 RAY_OPTIONS = ("ray_address", "concurrency", "num_gpus")
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")
 PATH_OPTIONS = ("model", "input", "output", "labels")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".txt")
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,11 @@ class RunConfig:
     interpolation: str = "bilinear"
     antialias: bool = True
     preset: str | None = None
+    task: str = "classify"
+    embedding_key: str | None = None
+    embedding_layer: str | None = None
+    keep_output: tuple[str, ...] = ()
+    normalize_embeddings: bool = False
 
 
 # --- value parsers: accept the text of a flag or the native TOML value ---------------------------
@@ -172,6 +179,14 @@ def _rate(name: str, value: Any) -> float:
     return rate
 
 
+def _keys(name: str, value: Any) -> tuple[str, ...]:
+    """A repeatable flag (given once per key) or a TOML list of keys."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(item, str) and item for item in items):
+        raise ConfigError(f"{_flag(name)} takes an output name, once per output to keep; got {value!r}.")
+    return tuple(dict.fromkeys(items))
+
+
 def _extensions(name: str, value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, list) else str(value).split(",")
     cleaned = tuple(str(item).strip().lower().lstrip(".") for item in items)
@@ -197,10 +212,11 @@ class Option:
     metavar: str | None = None
     boolean: bool = False
     changes_values: bool = True  # False: a resume with another value never mixes rows (see `fingerprint`)
+    repeatable: bool = False
 
 
 OPTIONS = (
-    Option("model", "SavedModel directory", _text, "MODEL", changes_values=False),
+    Option("model", "SavedModel directory, or a Keras .keras or .h5 file", _text, "MODEL", changes_values=False),
     Option("input", "directory of images to score, an s3://, gs://... URL, or a manifest file "
            "(.csv, .tsv, .parquet, .jsonl, or .txt with one path a line) naming the files",
            _text, "DIR|MANIFEST", changes_values=False),
@@ -240,8 +256,10 @@ OPTIONS = (
            parse_shard, "I/N", changes_values=False),
     Option("max_error_rate", "exit 3 when the share of error rows in this run exceeds R "
            "(default: no limit)", _rate, "R", changes_values=False),
-    Option("commit_every", "commit a Parquet part at least every N rows (and every 30 s), which "
-           "bounds what a killed run loses (default: 2000)", _positive_int, "N", changes_values=False),
+    Option("commit_every", "commit a Parquet part at least every N rows (sooner when the rows "
+           "pending reach 32 MiB, as wide embeddings do, and every 30 s), which bounds what a "
+           "killed run loses and the size of a part (default: 2000)", _positive_int, "N",
+           changes_values=False),
     Option("device", "where the model runs (default: auto, the GPU when there is one)",
            _choice(DEVICES), changes_values=False),
     Option("quiet", "no progress output, warnings only", _bool, boolean=True, changes_values=False),
@@ -256,6 +274,17 @@ OPTIONS = (
            "scale inside the decoder, never below the model size (default: on)", _bool, boolean=True),
     Option("max_file_mb", "refuse files larger than this many MiB unread, as a `too-large` "
            "error row (default: 512)", _positive_int, "MB"),
+    Option("task", "classify writes the class columns (and an embedding when asked for); embed "
+           "writes only the embedding (default: classify)", _choice(TASKS)),
+    Option("embedding_key", "signature output to write as `embedding`, a [batch, D] float vector",
+           _text, "KEY"),
+    Option("embedding_layer", "Keras files: the layer whose output is written as `embedding` "
+           "(feature maps averaged to [batch, D]), or penultimate for the input of the final Dense "
+           "layer", _text, "NAME"),
+    Option("keep_output", "keep this float output raw as the column output_KEY; repeat the flag "
+           "for more outputs", _keys, "KEY", repeatable=True),
+    Option("normalize_embeddings", "store embeddings L2-normalised, so a dot product is the cosine "
+           "similarity (default: off)", _bool, boolean=True),
     Option("engine", "where files are decoded and scored: local (this process) or ray (a Ray "
            "cluster) (default: local)", _choice(ENGINES), changes_values=False),
     Option("ray_address", "Ray cluster to join, e.g. ray://head:10001 (default: $RAY_ADDRESS, "
@@ -290,6 +319,9 @@ def add_options(parser: argparse.ArgumentParser, names) -> None:
         if option.name == "quiet":
             parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                                 help=option.help)
+        elif option.repeatable:
+            parser.add_argument(_flag(option.name), metavar=option.metavar, action="append",
+                                default=argparse.SUPPRESS, help=option.help)
         elif option.boolean:
             parser.add_argument(_flag(option.name), action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=option.help)
@@ -334,6 +366,7 @@ def build_config(given: dict[str, Any]) -> RunConfig:
         if name in parsed and not storage.is_url(parsed[name]):
             parsed[name] = os.path.abspath(os.path.expanduser(parsed[name]))
     config = RunConfig(**parsed)
+    _check_outputs(config)
     _check_engine(config, parsed)
     _check_paths(config)
     return config
@@ -364,6 +397,24 @@ def apply_preset(parsed: dict[str, Any]) -> dict[str, Any]:
                           "keeps all of it; use --resize crop or stretch with --crop-fraction, or "
                           "drop --crop-fraction.")
     return parsed
+
+
+def _check_outputs(config: RunConfig) -> None:
+    """Which columns a run writes, checked before the model is loaded."""
+    if config.embedding_key is not None and config.embedding_layer is not None:
+        raise ConfigError("--embedding-key (a signature output) and --embedding-layer (a Keras layer) "
+                          "each choose the embedding; give one of them.")
+    wants_embedding = config.task == "embed" or config.embedding_key or config.embedding_layer
+    if config.normalize_embeddings and not wants_embedding:
+        raise ConfigError("--normalize-embeddings needs an embedding; add --embedding-key, "
+                          "--embedding-layer or --task embed.")
+    if config.task == "embed" and config.output_key is not None:
+        raise ConfigError("--output-key chooses the class scores, which --task embed does not write; "
+                          "drop it, or choose the vector with --embedding-key.")
+    if config.embedding_layer is not None and not config.model.lower().endswith(KERAS_SUFFIXES):
+        raise ConfigError("--embedding-layer needs a Keras .keras or .h5 file, since a SavedModel keeps "
+                          "no usable layers; pass the Keras file, or export a signature that returns "
+                          "the features and use --embedding-key (batch-infer inspect MODEL shows how).")
 
 
 def _check_engine(config: RunConfig, given: dict[str, Any]) -> None:

@@ -12,9 +12,9 @@ import pyarrow as pa
 from .config import RunConfig
 from .config import ConfigError
 from .decoding import DecodeOptions, diagnose, diagnose_data, unread_reason
-from .heads import Classification, FileFacts, Head
+from .heads import Classification, Embedding, FileFacts, Head, KeptOutput
 from .listing import ListedFile
-from .model import Model, load_model
+from .model import Model, is_keras_file, load_keras_model, load_model
 from .tf_import import short_error, tf
 
 BASE_FIELDS = [pa.field("path", pa.string()), pa.field("status", pa.string()),
@@ -55,12 +55,37 @@ def check_resize_applies(model: Model, decoding: DecodeOptions) -> None:
                           "--preset do not apply; drop them.")
 
 
+def heads_for(model: Model, config: RunConfig) -> list[Head]:
+    """The heads a run writes, in column order: classification (unless --task embed), the
+    embedding (--task embed, --embedding-key, --embedding-layer), then each --keep-output.
+
+    The class scores are chosen among the outputs no other head took, so a model with probs
+    and features outputs needs no --output-key once --embedding-key names the features; when
+    --keep-output took every candidate (a regression model), there are no class columns.
+    """
+    kept = [KeptOutput.for_model(model, key) for key in config.keep_output]
+    taken = frozenset(head.output_key for head in kept)
+    embedding = None
+    if config.task == "embed" or config.embedding_key or config.embedding_layer:
+        embedding = Embedding.for_model(model, config.embedding_key, config.normalize_embeddings, taken)
+        taken |= {embedding.output_key}
+    heads: list[Head] = []
+    if config.task == "classify":
+        without_classes = kept and config.output_key is None and not any(
+            info.is_vector and info.name not in taken for info in model.outputs)
+        if not without_classes:
+            heads.append(Classification.for_model(model, config.output_key, config.activation,
+                                                  config.labels, config.top_k, taken))
+    return heads + ([embedding] if embedding else []) + kept
+
+
 class Scorer:
     """A loaded model, its heads and the decode options: everything both engines need to turn
     decoded batches into rows in one schema."""
 
-    def __init__(self, model: Model, heads: list[Head], decoding: DecodeOptions):
+    def __init__(self, model: Model, heads: list[Head], decoding: DecodeOptions, task: str = "classify"):
         self.model = model
+        self.task = task
         self.heads = heads
         self.decoding = decoding
         self.table = Rows(heads)
@@ -69,23 +94,26 @@ class Scorer:
     @classmethod
     def load(cls, config: RunConfig) -> "Scorer":
         """Loads the model and settles every choice before any file is read; ConfigError otherwise."""
-        model = load_model(config.model, config.signature, config.input_key, config.image_size,
-                           config.preprocess)
-        heads = [Classification.for_model(model, config.output_key, config.activation, config.labels,
-                                           config.top_k), FileFacts()]
+        if is_keras_file(config.model):
+            model = load_keras_model(config.model, config.input_key, config.image_size,
+                                     config.preprocess, config.embedding_layer)
+        else:
+            model = load_model(config.model, config.signature, config.input_key, config.image_size,
+                               config.preprocess)
         decoding = DecodeOptions.from_config(config)
         check_resize_applies(model, decoding)
-        return cls(model, heads, decoding)
+        return cls(model, heads_for(model, config) + [FileFacts()], decoding, config.task)
 
     def metadata(self) -> dict[str, str]:
-        merged = {**self.model.metadata(), **self.decoding.metadata()}
+        merged = {**self.model.metadata(), **self.decoding.metadata(), "task": self.task}
         for head in self.heads:
             merged.update(head.metadata())
         return merged
 
     def describe(self) -> str:
         """One log line: how the model is fed and what each head decided."""
-        return ", ".join([f"signature {self.model.signature}, input {self.model.spec.describe()}"]
+        called = f"signature {self.model.signature}" if self.model.signature else self.model.where
+        return ", ".join([f"{called}, input {self.model.spec.describe()}"]
                          + [head.describe() for head in self.heads])
 
     def error_rows(self, paths: list[str], reasons: list[str]) -> pa.Table:

@@ -178,3 +178,69 @@ def write_level_photos(root, per_class: int, folders=LEVEL_LABELS, seed: int = 7
             images.write_image(os.path.join(str(root), folder, f"{number:03d}.png"),
                                np.clip(pixels, 0, 255).astype(np.uint8))
     return str(root)
+
+
+def _keras_classifier(kind: str, classes: int = 4):
+    """A small Keras 3 image classifier, functional or sequential, built on keras.Input: scaling
+    inside, conv feature map, pooled features, dense softmax."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    layers = [keras.layers.Rescaling(1 / 255, name="scale"),
+              keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+              keras.layers.GlobalAveragePooling2D(name="pool"),
+              keras.layers.Dense(6, activation="relu", name="hidden"),
+              keras.layers.Dense(classes, activation="softmax", name="probs")]
+    if kind == "sequential":
+        return keras.Sequential([keras.Input((SIZE, SIZE, 3), name="image"), *layers])
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+def save_keras_file(path, kind: str = "functional"):
+    """A Keras classifier saved as the file `path` (.keras, or legacy .h5)."""
+    _keras_classifier(kind).save(str(path))
+    return path
+
+
+def save_keras_extractor(path):
+    """A headless Keras feature extractor: pixels in, pooled ReLU features [batch, 8] out."""
+    import keras
+
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(keras.layers.Rescaling(1 / 255)(inputs))
+    keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="features")(x)).save(str(path))
+    return path
+
+
+def save_probs_and_features(path):
+    """A SavedModel signature with two [batch, N] outputs: softmax probabilities and the
+    pooled features they come from, plus a scalar regression output."""
+    module = PixelClassifier()
+
+    def outputs(images):
+        x = tf.cast(images, tf.float32) * module.scale
+        features = tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(x, module.kernel, 1, "SAME")), axis=(1, 2))
+        logits = features @ module.dense * 4.0
+        return {"probs": tf.nn.softmax(logits), "features": features,
+                "brightness": tf.reduce_mean(x, axis=(1, 2, 3))}
+
+    spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="images")
+    tf.saved_model.save(module, str(path), signatures={"serving_default": tf.function(outputs, input_signature=[spec])})
+    return path
+
+
+def save_headless_extractor(path, dim: int = 32):
+    """A SavedModel feature extractor with no classification head: [batch, dim] ReLU features,
+    what a user gets from a backbone export (a 1,280-d MobileNetV2 is the same shape)."""
+    module = tf.Module()
+    module.kernel = _weights(7, 3, 3, 3, dim)
+    spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="images")
+    fn = tf.function(lambda images: {"output_0": tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(
+        images, module.kernel, 1, "SAME")), axis=(1, 2))}, input_signature=[spec])
+    tf.saved_model.save(module, str(path), signatures={"serving_default": fn})
+    return path

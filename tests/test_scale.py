@@ -1,18 +1,16 @@
 """Scale-out: the Ray engine and object storage give the rows the local engine gives on disk.
 
-One local Ray (2 CPUs, no dashboard) and one moto S3 server on 127.0.0.1 serve the whole session,
-and the local engine scores the reference rows once per module. Every test runs under a timeout,
-so a hang fails the test instead of stalling CI. Without ray, moto or s3fs the tests that need
-them are skipped, except in CI, where they must run.
+One local Ray (2 CPUs, no dashboard) and one moto S3 server on 127.0.0.1 (fixtures in conftest.py)
+serve the whole session, and the local engine scores the reference rows once per module. Every
+test runs under a timeout, so a hang fails the test instead of stalling CI. Without ray, moto or
+s3fs the tests that need them are skipped, except in CI, where they must run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
-import logging
 import os
 
 import numpy as np
@@ -21,7 +19,7 @@ import pyarrow.dataset as ds
 import pytest
 
 import images
-from conftest import SAMPLE_MODEL, invoke, read_output, run_cli, skip_or_fail
+from conftest import SAMPLE_MODEL, invoke, missing, read_output, run_cli
 from batch_infer.cli import main
 from batch_infer import api
 from batch_infer.config import ConfigError, build_config
@@ -30,41 +28,6 @@ from batch_infer.ray_engine import check_resources
 
 CORRUPT = {"broken/truncated.jpg", "broken/empty.png", "broken/text.jpg"}
 pytestmark = pytest.mark.timeout(150)
-FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def missing(what: str) -> None:
-    skip_or_fail(f"{what} not installed; pip install -e '.[dev]' to run the scale-out tests")
-
-
-def installed(*modules: str) -> bool:
-    return all(importlib.util.find_spec(module) is not None for module in modules)
-
-
-@pytest.fixture(scope="session")
-def fake_s3():
-    """A moto S3 endpoint on 127.0.0.1 and fake credentials in the environment, or None without
-    moto. Started before Ray because Ray's workers take the environment the driver had at
-    ray.init, and they read from S3 too."""
-    if not installed("moto", "s3fs"):
-        yield None
-        return
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    fake = {**FAKE_AWS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {name: os.environ.pop(name, None) for name in [*fake, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
-    os.environ.update(fake)
-    yield fake["AWS_ENDPOINT_URL"]
-    for name, value in saved.items():
-        os.environ.pop(name, None)
-        if value is not None:
-            os.environ[name] = value
-    server.stop()
 
 
 @pytest.fixture
@@ -78,18 +41,6 @@ def s3(fake_s3):
     bucket = f"test-{os.urandom(4).hex()}"
     fs.mkdir(bucket)
     return f"s3://{bucket}"
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(fake_s3):
-    if not installed("ray"):
-        missing("ray[data] is")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             object_store_memory=256 * 2**20)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
