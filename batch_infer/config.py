@@ -25,7 +25,7 @@ DEVICES = ("auto", "cpu", "gpu")
 LOG_FORMATS = ("text", "json")
 ENGINES = ("local", "ray")
 RAY_OPTIONS = ("ray_address", "concurrency", "num_gpus")
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff")
 PATH_OPTIONS = ("model", "input", "output", "labels")
 
 

@@ -18,10 +18,14 @@ from typing import NamedTuple
 
 from .tf_import import tf
 
-UNKNOWN, JPEG, PNG, GIF, BMP, WEBP = range(6)
+UNKNOWN, JPEG, PNG, GIF, BMP, WEBP, TIFF, HEIF = range(8)
 
-# What each format starts with; "?" matches any byte (the RIFF chunk size).
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"RIFF????WEBP")  # JPEG .. WEBP
+# What each format starts with, and which format that is; "?" matches any byte (the RIFF chunk
+# size, the ftyp box size). TIFF and HEIF (an ISO base media file: HEIC, HEIF, AVIF) have no
+# TensorFlow decoder: they are recognised so that they reach the Pillow fallback (`decoding`).
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"RIFF????WEBP",
+          b"II*\0", b"MM\0*", b"II+\0", b"MM\0+", b"????ftyp")  # the last four: TIFF, BigTIFF
+_MAGIC_FORMATS = (JPEG, PNG, GIF, BMP, WEBP, TIFF, TIFF, TIFF, TIFF, HEIF)
 _WEBP_CHUNKS = (b"????????????VP8X", b"????????????VP8L")  # extended, lossless; else VP8, lossy
 
 # Header fields at fixed offsets: name -> (offset, bytes, little-endian), from each format's spec.
@@ -45,13 +49,14 @@ _IFD_ENTRIES = 64  # IFD0 of a camera JPEG has 10 to 20 entries
 class Header(NamedTuple):
     """Declared facts about one file, as scalars; zeros for an unknown format."""
 
-    format: tf.Tensor  # int64: UNKNOWN, JPEG, PNG, GIF, BMP or WEBP
-    width: tf.Tensor  # int64
+    format: tf.Tensor  # int64: UNKNOWN, JPEG, PNG, GIF, BMP, WEBP, TIFF or HEIF
+    width: tf.Tensor  # int64; 0 when unknown here (TIFF and HEIF: Pillow reads it, see `fallback`)
     height: tf.Tensor  # int64
     frames: tf.Tensor  # int64
     pixels: tf.Tensor  # int64: what decoding holds in memory: width x height, or all GIF frames
     animated_webp: tf.Tensor  # bool: needs `with_webp_alpha_flag`
     palette_bmp: tf.Tensor  # bool: 8 bits per pixel, decoded by TensorFlow as bare indices
+    webp_metadata: tf.Tensor  # bool: an EXIF or XMP chunk, which may say how to turn it upright
 
 
 def _window(data: tf.Tensor, offset, length: int) -> tf.Tensor:
@@ -92,13 +97,17 @@ def _starts_with(values: tf.Tensor, patterns: tuple[bytes, ...]) -> tf.Tensor:
 
 
 def _format(data: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
-    long_enough = [True, True, True, True, tf.strings.length(data) > 12]  # TensorFlow's WebP check
-    matches = _starts_with(values, _MAGIC) & tf.stack(long_enough)
-    return tf.where(tf.reduce_any(matches), tf.argmax(tf.cast(matches, tf.int64)) + 1, UNKNOWN)
+    long_enough = tf.stack([True] * 4 + [tf.strings.length(data) > 12]  # TensorFlow's WebP check
+                           + [True] * (len(_MAGIC) - 5))
+    matches = _starts_with(values, _MAGIC) & long_enough
+    return tf.where(tf.reduce_any(matches),
+                    tf.gather(tf.constant(_MAGIC_FORMATS, tf.int64), tf.argmax(tf.cast(matches, tf.int64))),
+                    UNKNOWN)
 
 
 def image_format(data: tf.Tensor) -> tf.Tensor:
-    """UNKNOWN, JPEG, PNG, GIF, BMP or WEBP, by the magic bytes tf.io.decode_image checks."""
+    """UNKNOWN, JPEG, PNG, GIF, BMP or WEBP by the magic bytes tf.io.decode_image checks, or TIFF
+    or HEIF."""
     return _format(data, _window(data, 0, HEAD_BYTES))
 
 
@@ -176,15 +185,30 @@ def read_header(data: tf.Tensor) -> Header:
     webp_height = tf.where(extended, field["vp8x_height"] + 1, tf.where(
         lossless, field["vp8l_sizes"] // 2**14 % 2**14 + 1, field["vp8_height"] % 2**14))
 
-    width = tf.gather([zero, jpeg_width, field["png_width"], field["gif_width"], bmp_width, webp_width], kind)
-    height = tf.gather([zero, jpeg_height, field["png_height"], field["gif_height"], bmp_height, webp_height],
-                       kind)
+    width = tf.gather([zero, jpeg_width, field["png_width"], field["gif_width"], bmp_width, webp_width,
+                       zero, zero], kind)
+    height = tf.gather([zero, jpeg_height, field["png_height"], field["gif_height"], bmp_height, webp_height,
+                        zero, zero], kind)
     frames, frame_pixels = tf.cond(kind == GIF, lambda: _gif_frames(data), lambda: (one, zero))
     return Header(
         format=kind, width=width, height=height, frames=tf.where(kind == UNKNOWN, zero, frames),
         pixels=tf.maximum(_area(width, height), frame_pixels),
         animated_webp=(kind == WEBP) & extended & (field["vp8x_flags"] // 2 % 2 == 1),
-        palette_bmp=(kind == BMP) & (field["bmp_bits"] == 8))
+        palette_bmp=(kind == BMP) & (field["bmp_bits"] == 8),
+        webp_metadata=(kind == WEBP) & extended & (field["vp8x_flags"] // 4 % 4 != 0))  # bits 2, 3
+
+
+# Where a PNG may say how it is turned, as Pillow's Image.getexif reads it: an eXIf chunk, EXIF
+# as hex text ("Raw profile type exif", from ImageMagick), or tiff:Orientation in XMP.
+# \C is any byte: RE2 reads the pattern as UTF-8, and "." does not match bytes that are not.
+_PNG_METADATA = r"\C*(eXIf|Raw profile type exif|XML:com\.adobe\.xmp)\C*"
+
+
+def png_metadata(data: tf.Tensor) -> tf.Tensor:
+    """Whether a PNG has a chunk that may carry an orientation (bool scalar). One RE2 scan of the
+    file; a false match (the four bytes inside compressed data) costs only speed, since such a
+    file is decoded by Pillow, which reads the chunks properly."""
+    return tf.strings.regex_full_match(data, _PNG_METADATA)
 
 
 def with_webp_alpha_flag(data: tf.Tensor) -> tf.Tensor:

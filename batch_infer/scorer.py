@@ -1,16 +1,18 @@
 """The one place where files become rows, for both engines: triage of files refused unread, the
 model call (with a bad input isolated to its own row), the heads' columns, and the diagnosis of
-files that dropped out of decoding.
-
+files that dropped out of decoding, which the Pillow fallback gets to decode first.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 
+from . import parallel
 from .config import RunConfig
-from .decoding import DecodeOptions, diagnose, diagnose_data, unread_reason
+from .decoding import PILLOW, TENSORFLOW, DecodeOptions, ModelInputs, rescue, unread_reason
 from .heads import Classification, Head
 from .listing import ListedFile
 from .model import Model, load_model
@@ -18,14 +20,18 @@ from .tf_import import short_error, tf
 
 BASE_FIELDS = [pa.field("path", pa.string()), pa.field("status", pa.string()),
                pa.field("error", pa.string())]
+# Which decoder produced an ok row's pixels: "tensorflow" (the tf.data graph) or "pillow" (the
+# fallback); null on error rows. Last, so the columns users know keep their places.
+DECODER_FIELD = pa.field("decoder", pa.string())
 
 
 class Rows:
-    """Tables in the output schema: path, status, error, then each head's fields in order."""
+    """Tables in the output schema: path, status, error, each head's fields in order, decoder."""
 
     def __init__(self, heads: list[Head]):
         self.heads = heads
-        self.schema = pa.schema(BASE_FIELDS + [field for head in heads for field in head.fields()])
+        self.schema = pa.schema(BASE_FIELDS + [field for head in heads for field in head.fields()]
+                                + [DECODER_FIELD])
 
     def errors(self, paths: list[str], reasons: list[str]) -> pa.Table:
         rows = len(paths)
@@ -34,7 +40,7 @@ class Rows:
         return pa.table({field.name: columns.get(field.name, pa.nulls(rows, field.type))
                          for field in self.schema}, schema=self.schema)
 
-    def ok(self, paths: list[str], outputs: dict[str, np.ndarray]) -> pa.Table:
+    def ok(self, paths: list[str], outputs: dict[str, np.ndarray], decoder: str = TENSORFLOW) -> pa.Table:
         """Rows for scored files, from one model call's outputs, column-wise."""
         rows = len(paths)
         columns = {"path": pa.array(paths, pa.string()),
@@ -42,6 +48,7 @@ class Rows:
                    "error": pa.nulls(rows, pa.string())}
         for head in self.heads:
             columns.update(head.columns(outputs))
+        columns["decoder"] = pa.array(np.full(rows, decoder, dtype=object), pa.string())
         return pa.table(columns, schema=self.schema)
 
 
@@ -55,6 +62,10 @@ class Scorer:
         self.decoding = decoding
         self.table = Rows(heads)
         self.schema = self.table.schema
+        self.model_inputs = ModelInputs(model.spec)
+        # Pillow releases the GIL while it decodes: one thread per core, shared by the streams,
+        # so a folder of TIFFs uses every core and holds at most one decoded image per core.
+        self.fallback_pool = ThreadPoolExecutor(parallel.usable_cores(), thread_name_prefix="pillow")
 
     @classmethod
     def load(cls, config: RunConfig) -> "Scorer":
@@ -89,22 +100,30 @@ class Scorer:
     def rows(self, items: list[ListedFile], arrived: np.ndarray, images,
              data: list[bytes] | None = None) -> pa.Table:
         """One row for each of `items`: those at positions `arrived` decoded into `images` (in
-        order) and are scored; the others are diagnosed, from `data` when the engine has each
-        file's bytes, else by reading the file again."""
+        order) and are scored; the others are rescued by the Pillow fallback and scored, or
+        diagnosed: from `data` when the engine has each file's bytes, else by reading the file
+        again."""
         arrived = [int(position) for position in arrived]
         missing = sorted(set(range(len(items))) - set(arrived))
-        tables = [self.error_rows(
-            [items[i].path for i in missing],
-            [diagnose_data(data[i], self.model.spec, self.decoding) if data is not None
-             else diagnose(items[i], self.model.spec, self.decoding) for i in missing])]
+        rescued = list(self.fallback_pool.map(
+            lambda i: rescue(items[i], data[i] if data is not None else None, self.model.spec, self.decoding),
+            missing))
+        failed = [(items[i].path, reason) for i, (_, reason) in zip(missing, rescued) if reason is not None]
+        tables = [self.error_rows([path for path, _ in failed], [reason for _, reason in failed])]
         if arrived:
-            outputs, failures = self._predict(images)
-            paths = [items[i].path for i in arrived]
-            scored = [path for row, path in enumerate(paths) if row not in failures]
-            if scored:
-                tables.append(self.table.ok(scored, outputs))
-            tables.append(self.error_rows([paths[row] for row in failures], list(failures.values())))
+            tables.extend(self._scored([items[i].path for i in arrived], images, TENSORFLOW))
+        decoded = [(items[i].path, pixels) for i, (pixels, _) in zip(missing, rescued) if pixels is not None]
+        if decoded:
+            tables.extend(self._scored([path for path, _ in decoded],
+                                       self.model_inputs([pixels for _, pixels in decoded]), PILLOW))
         return pa.concat_tables(tables)
+
+    def _scored(self, paths: list[str], images, decoder: str) -> list[pa.Table]:
+        """Rows of one model call on `images`, one per path: ok, or the model's error."""
+        outputs, failures = self._predict(images)
+        scored = [path for row, path in enumerate(paths) if row not in failures]
+        tables = [self.table.ok(scored, outputs, decoder)] if scored else []
+        return tables + [self.error_rows([paths[row] for row in failures], list(failures.values()))]
 
     def _predict(self, images) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         """Outputs of the rows the model took, plus {row: reason} for rows it rejected.
