@@ -141,7 +141,7 @@ def _palette_bmp(data, header, options, target_side):
 # in `rescue`, off the hot path.
 DECODERS = (
     Decoder("Pillow", lambda header, options: (header.format == headers.TIFF) | (header.format == headers.HEIF)
-            | (header.webp_metadata & options.exif_transpose), _left_to_pillow),
+            | header.odd_bmp | (header.webp_metadata & options.exif_transpose), _left_to_pillow),
     Decoder("JPEG", lambda header, options: header.format == headers.JPEG, _jpeg),
     Decoder("animated WebP", lambda header, options: header.animated_webp, _animated_webp),
     Decoder("8-bit BMP", lambda header, options: header.palette_bmp, _palette_bmp),

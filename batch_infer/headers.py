@@ -33,13 +33,15 @@ _FIELDS = {
     "png_width": (16, 4, False), "png_height": (20, 4, False),  # IHDR, always the first chunk
     "gif_width": (6, 2, True), "gif_height": (8, 2, True),  # the logical screen
     "bmp_width": (18, 4, True), "bmp_height": (22, 4, True), "bmp_bits": (28, 2, True),
+    "bmp_header_size": (14, 4, True), "bmp_compression": (30, 4, True),
+    "os2_width": (18, 2, True), "os2_height": (20, 2, True),  # a 12-byte OS/2 1.x header
     "vp8x_flags": (20, 1, True), "vp8x_width": (24, 3, True), "vp8x_height": (27, 3, True),
     "vp8l_sizes": (21, 4, True),  # after the 0x2F signature: 14 bits width - 1, 14 bits height - 1
     "vp8_width": (26, 2, True), "vp8_height": (28, 2, True),  # low 14 bits; 2 bits of scaling
 }
 
-# Every magic number and fixed field (the last, VP8X height, ends at byte 30).
-HEAD_BYTES = 32
+# Every magic number and fixed field (the last, a BMP's compression, ends at byte 34).
+HEAD_BYTES = 34
 # Where a JPEG's EXIF block is looked for: an APP1 segment is at most 64 KiB and comes first,
 # after at most a short JFIF APP0 segment.
 EXIF_SEARCH_BYTES = 65 * 1024
@@ -56,6 +58,7 @@ class Header(NamedTuple):
     pixels: tf.Tensor  # int64: what decoding holds in memory: width x height, or all GIF frames
     animated_webp: tf.Tensor  # bool: needs `with_webp_alpha_flag`
     palette_bmp: tf.Tensor  # bool: 8 bits per pixel, decoded by TensorFlow as bare indices
+    odd_bmp: tf.Tensor  # bool: a BMP TensorFlow does not read (OS/2, compressed, 1, 4 or 16 bits)
     webp_metadata: tf.Tensor  # bool: an EXIF or XMP chunk, which may say how to turn it upright
 
 
@@ -177,8 +180,10 @@ def read_header(data: tf.Tensor) -> Header:
 
     jpeg_width, jpeg_height = tf.cond(kind == JPEG, lambda: _jpeg_size(data), lambda: (zero, zero))
     # BMP sizes are signed, as TensorFlow's decoder reads them; a negative height means top-down.
-    bmp_width, bmp_height = (tf.abs(tf.where(value >= 2**31, value - 2**32, value))
-                             for value in (field["bmp_width"], field["bmp_height"]))
+    os2 = field["bmp_header_size"] == 12
+    bmp_width, bmp_height = (tf.where(os2, small, tf.abs(tf.where(value >= 2**31, value - 2**32, value)))
+                             for value, small in ((field["bmp_width"], field["os2_width"]),
+                                                  (field["bmp_height"], field["os2_height"])))
     extended, lossless = tf.unstack(_starts_with(values, _WEBP_CHUNKS))
     webp_width = tf.where(extended, field["vp8x_width"] + 1, tf.where(
         lossless, field["vp8l_sizes"] % 2**14 + 1, field["vp8_width"] % 2**14))
@@ -194,7 +199,9 @@ def read_header(data: tf.Tensor) -> Header:
         format=kind, width=width, height=height, frames=tf.where(kind == UNKNOWN, zero, frames),
         pixels=tf.maximum(_area(width, height), frame_pixels),
         animated_webp=(kind == WEBP) & extended & (field["vp8x_flags"] // 2 % 2 == 1),
-        palette_bmp=(kind == BMP) & (field["bmp_bits"] == 8),
+        palette_bmp=(kind == BMP) & ~os2 & (field["bmp_bits"] == 8),
+        odd_bmp=(kind == BMP) & (os2 | ((field["bmp_compression"] != 0) & (field["bmp_compression"] != 3))
+                                 | ((field["bmp_bits"] != 8) & (field["bmp_bits"] != 24) & (field["bmp_bits"] != 32))),
         webp_metadata=(kind == WEBP) & extended & (field["vp8x_flags"] // 4 % 4 != 0))  # bits 2, 3
 
 
