@@ -14,6 +14,7 @@ Ghostscript) that have no business reading files from an untrusted folder.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import warnings
 
@@ -32,11 +33,17 @@ except ImportError:
     pass
 
 Image.init()  # every plugin, so that FORMATS can name them
+# Pillow logs why a file failed (as well as raising); the error row says it. Without a handler of
+# its own, Python's last-resort handler would print that bare on stderr.
+logging.getLogger("PIL").addHandler(logging.NullHandler())
 
 # --max-pixels is the limit that applies, checked below from the same header; Pillow's warning
 # between its own limit and twice that would only be noise on stderr. Its error above twice its
 # limit still applies.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Plugins warn about the damage they step over ("Truncated File Read", "Invalid APNG"); the file
+# is then decoded or refused, and says so in its row.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 class Refused(Exception):

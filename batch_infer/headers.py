@@ -58,7 +58,8 @@ class Header(NamedTuple):
     pixels: tf.Tensor  # int64: what decoding holds in memory: width x height, or all GIF frames
     animated_webp: tf.Tensor  # bool: needs `with_webp_alpha_flag`
     palette_bmp: tf.Tensor  # bool: 8 bits per pixel, decoded by TensorFlow as bare indices
-    odd_bmp: tf.Tensor  # bool: a BMP TensorFlow does not read (OS/2, compressed, 1, 4 or 16 bits)
+    odd_bmp: tf.Tensor  # bool: a BMP TensorFlow misreads: OS/2, compressed or with colour masks
+    # (TensorFlow ignores them: BGRA order is assumed), 1, 4 or 16 bits
     webp_metadata: tf.Tensor  # bool: an EXIF or XMP chunk, which may say how to turn it upright
 
 
@@ -200,7 +201,7 @@ def read_header(data: tf.Tensor) -> Header:
         pixels=tf.maximum(_area(width, height), frame_pixels),
         animated_webp=(kind == WEBP) & extended & (field["vp8x_flags"] // 2 % 2 == 1),
         palette_bmp=(kind == BMP) & ~os2 & (field["bmp_bits"] == 8),
-        odd_bmp=(kind == BMP) & (os2 | ((field["bmp_compression"] != 0) & (field["bmp_compression"] != 3))
+        odd_bmp=(kind == BMP) & (os2 | (field["bmp_compression"] != 0)
                                  | ((field["bmp_bits"] != 8) & (field["bmp_bits"] != 24) & (field["bmp_bits"] != 32))),
         webp_metadata=(kind == WEBP) & extended & (field["vp8x_flags"] // 4 % 4 != 0))  # bits 2, 3
 

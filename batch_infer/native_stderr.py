@@ -21,10 +21,13 @@ from typing import Iterator
 
 # The messages of libjpeg (jerror.h) and libtiff that decoders print on their own, as warnings
 # or just before they fail a file (which then gets its error row anyway).
+# libtiff's lines are "<function>: <message>", e.g. "_tiffReadProc: Invalid Read at loc 3309"
+# or "Fax4Decode: Bad code word at line 27".
 DECODER_LINE = (r"^(Corrupt JPEG data|Premature end of JPEG file|Improper call to JPEG library|"
                 r"Invalid SOS parameters|Inconsistent progression sequence|Warning: unknown JFIF|"
                 r"Unsupported marker type|Invalid JPEG file structure|Bogus |Huffman table|"
-                r"libpng (warning|error)|[A-Za-z]*TIFF[A-Za-z]*: |_TIFF\w+: |TIFF\w+: )")
+                r"Input file read error|libpng (warning|error)|"
+                r"\w*(tiff|TIFF|Decode|Encode|JPEGLib|Fax\d)\w*: )")
 
 _FILTER = r'''
 import json, os, re, signal, sys, time
