@@ -26,11 +26,11 @@ from typing import Iterator
 DECODER_LINE = (r"^(Corrupt JPEG data|Premature end of JPEG file|Improper call to JPEG library|"
                 r"Invalid SOS parameters|Inconsistent progression sequence|Warning: unknown JFIF|"
                 r"Unsupported marker type|Invalid JPEG file structure|Bogus |Huffman table|"
-                r"Input file read error|libpng (warning|error)|"
-                r"\w*(tiff|TIFF|Decode|Encode|JPEGLib|Fax\d)\w*: )")
+                r"Input file read error|libpng (warning|error)|Defined set_get_field_type|"
+                r"\w*(tiff|TIFF|Decode|Encode|JPEGLib|Fax\d)\w*: |\S+\.tiff?: )")
 
 _FILTER = r'''
-import json, os, re, signal, sys, time
+import json, os, re, select, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run decides when to stop; EOF ends this
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 pattern, log_format, quiet = re.compile(sys.argv[1].encode()), sys.argv[2], sys.argv[3] == "1"
@@ -43,7 +43,7 @@ def emit(line):
     text = line.decode("utf-8", "replace").strip()
     if log_format == "json":
         out.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "level": "warning", "message": "decoder said: " + text}).encode() + b"\n")
+                              "level": "info", "message": "decoder said: " + text}).encode() + b"\n")
     else:
         out.write(b"batch-infer: decoder said: " + text.encode() + b"\n")
 while True:
@@ -57,11 +57,14 @@ while True:
             emit(line)
         else:
             out.write(line + b"\n")
-    # A decoder writes its line with one write(), whole; a partial line is someone else's (a
-    # progress bar's update) and goes on now.
-    out.write(pending)
-    pending = b""
+    # libtiff writes a line in pieces; a partial line that stays partial for a moment is someone
+    # else's (a progress bar's update) and goes on as it is.
+    if pending and not select.select([0], [], [], 0.05)[0]:
+        out.write(pending)
+        pending = b""
     out.flush()
+if pending:
+    emit(pending) if pattern.match(pending) else out.write(pending)
 out.flush()
 print(count)
 '''
