@@ -5,6 +5,11 @@ CHECKS, the limits a file must pass before any pixel is decoded, each with the r
 and DECODERS, which turns which files into pixels. The graph runs the checks as one assertion
 and the decoders as one switch; `diagnose_data` runs the same checks in order, eagerly, then the
 same decode, and reports the first thing that fails. A further format is one more DECODERS entry.
+
+Files the graph does not decode (the formats TensorFlow has no decoder for, files its decoders
+refuse, and PNGs and WebPs that may say how to turn them upright) drop out of it; `rescue`
+then decodes them with Pillow (see `fallback`), after the same CHECKS, and their pixels go
+through the same `model_input`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from . import headers, storage
+import numpy as np
+
+from . import fallback, headers, storage
 from .listing import ListedFile
 from .model import InputSpec
 from .preprocessing import preprocess
@@ -149,7 +156,7 @@ class Decoder:
     (JPEGs turned upright by EXIF when asked)."""
 
     name: str
-    takes: Callable[[headers.Header], tf.Tensor]  # bool scalar
+    takes: Callable[[headers.Header, DecodeOptions], tf.Tensor]  # bool scalar
     decode: Callable[[tf.Tensor, headers.Header, DecodeOptions, float], tf.Tensor]  # data, header, options, scale_target
 
 
@@ -172,6 +179,25 @@ def _animated_webp(data, header, options, target_side):
     return tf.io.decode_image(headers.with_webp_alpha_flag(data), channels=4, expand_animations=False)
 
 
+def _png(data, header, options, target_side):
+    """A PNG that may carry an orientation is left to Pillow, which reads it as exif_transpose
+    does; the check is a scan of the file, paid by PNGs only."""
+    if not options.exif_transpose:
+        return _any_format(data, header, options, target_side)
+    with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(headers.png_metadata(data)),
+                                                      [LEFT_TO_PILLOW])]):
+        return _any_format(data, header, options, target_side)
+
+
+LEFT_TO_PILLOW = "left to the Pillow fallback"
+
+
+def _left_to_pillow(data, header, options, target_side):
+    """Fails, so that the file drops out of the graph and `rescue` decodes it."""
+    with tf.control_dependencies([tf.debugging.Assert(tf.constant(False), [LEFT_TO_PILLOW])]):
+        return tf.zeros((0, 0, 3), tf.uint8)
+
+
 def _palette_bmp(data, header, options, target_side):
     return tf.gather(headers.bmp_palette(data), tf.cast(_any_format(data, header, options, target_side)[..., 0],
                                                          tf.int32))
@@ -179,14 +205,20 @@ def _palette_bmp(data, header, options, target_side):
 
 # The first entry that takes a file decodes it; the last takes every file, and refuses (with
 # TensorFlow's message) what it cannot read. Animated WebP and 8-bit BMP need the workarounds
-# in `headers`.
+# in `headers`. Files the first entry takes, and files the others refuse, are decoded by Pillow
+# in `rescue`, off the hot path.
 DECODERS = (
-    Decoder("JPEG", lambda header: header.format == headers.JPEG, _jpeg),
-    Decoder("animated WebP", lambda header: header.animated_webp, _animated_webp),
-    Decoder("8-bit BMP", lambda header: header.palette_bmp, _palette_bmp),
-    Decoder("PNG, GIF, BMP or WebP", lambda header: tf.constant(True), _any_format),
+    Decoder("Pillow", lambda header, options: (header.format == headers.TIFF) | (header.format == headers.HEIF)
+            | header.odd_bmp | (header.webp_metadata & options.exif_transpose), _left_to_pillow),
+    Decoder("JPEG", lambda header, options: header.format == headers.JPEG, _jpeg),
+    Decoder("animated WebP", lambda header, options: header.animated_webp, _animated_webp),
+    Decoder("8-bit BMP", lambda header, options: header.palette_bmp, _palette_bmp),
+    Decoder("PNG", lambda header, options: header.format == headers.PNG, _png),
+    Decoder("GIF, BMP or WebP", lambda header, options: tf.constant(True), _any_format),
 )
-FORMAT_NAMES = "JPEG, PNG, GIF, BMP or WebP"
+FORMAT_NAMES = "JPEG, PNG, GIF, BMP, WebP, TIFF, HEIC or AVIF"
+# The `decoder` of an ok row: the graph's decoders, or the fallback.
+TENSORFLOW, PILLOW = "tensorflow", "pillow"
 
 
 @dataclass(frozen=True)
@@ -246,7 +278,7 @@ def pixels(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: De
     file, tens of microseconds, a fair share of a small PNG)."""
     if options.decoder == "keras":
         return _keras_pixels(data, header, spec, options)
-    branch = tf.argmax(tf.stack([decoder.takes(header) for decoder in DECODERS]), output_type=tf.int32)
+    branch = tf.argmax(tf.stack([decoder.takes(header, options) for decoder in DECODERS]), output_type=tf.int32)
     target_side = scale_target(spec, options.resize)
     return tf.switch_case(branch, [lambda decoder=decoder: decoder.decode(data, header, options, target_side)
                                    for decoder in DECODERS])
@@ -356,16 +388,21 @@ def unread_reason(item: ListedFile, options: DecodeOptions) -> str | None:
 
 def diagnose(item: ListedFile, spec: InputSpec, options: DecodeOptions) -> str:
     """The reason a file fell out of the pipeline, reading it again."""
+    data, reason = _read_again(item, options)
+    return reason if reason is not None else diagnose_data(data, spec, options)
+
+
+def _read_again(item: ListedFile, options: DecodeOptions) -> tuple[tf.Tensor | None, str | None]:
+    """(the file's bytes, None), or (None, why they could not be read)."""
     reason = unread_reason(item, options)
     if reason is not None:
-        return reason
+        return None, reason
     try:
-        data = read(item)
+        return read(item), None
     except tf.errors.OpError as error:
-        return f"read: {short_error(error)}"
+        return None, f"read: {short_error(error)}"
     except OSError as error:  # from an object store
-        return f"read: {error.strerror or f'{type(error).__name__} ({error})'}"
-    return diagnose_data(data, spec, options)
+        return None, f"read: {error.strerror or f'{type(error).__name__} ({error})'}"
 
 
 def read(item: ListedFile) -> tf.Tensor:
@@ -375,19 +412,64 @@ def read(item: ListedFile) -> tf.Tensor:
     return tf.io.read_file(item.fs_path)
 
 
+def rescue(item: ListedFile, data: bytes | None, spec: InputSpec,
+           options: DecodeOptions) -> tuple[np.ndarray | None, str | None]:
+    """For a file that dropped out of the graph: (its upright pixels from Pillow, None), or
+    (None, the reason for its error row). `data` is the file's bytes when the engine has them;
+    else the file is read again.
+
+    The CHECKS come first, as in the graph, so a bomb the header gives away is never handed to
+    Pillow; Pillow then checks --max-pixels from its own header read (for TIFF and HEIF, whose
+    size only it reads) before decoding. A file Pillow refuses too gets the graph's diagnosis,
+    unless only Pillow reads its format (then Pillow's reason says more).
+    """
+    if data is None:
+        tensor, reason = _read_again(item, options)
+        if reason is not None:
+            return None, reason
+    else:
+        tensor = tf.convert_to_tensor(data, tf.string)
+    raw = tensor.numpy()
+    header = _header(tensor)
+    failed = _failed_check(header, raw, spec, options)
+    if failed is not None or spec.encoded:  # an encoded-bytes model decodes files itself
+        return None, failed or diagnose_data(tensor, spec, options)
+    try:
+        return fallback.pixels(raw, options.max_pixels, options.exif_transpose), None
+    except fallback.Refused as refused:
+        pillow_reason = refused.reason
+    if header is not None and int(header.format) in (headers.TIFF, headers.HEIF) or pillow_reason.startswith(
+            "too-large"):
+        return None, pillow_reason
+    reason = diagnose_data(tensor, spec, options)
+    return None, pillow_reason if LEFT_TO_PILLOW in reason else reason
+
+
+def _header(data: tf.Tensor) -> headers.Header | None:
+    try:
+        return headers.read_header(data)
+    except tf.errors.OpError:
+        return None  # a JPEG whose headers libjpeg cannot read; decode says why
+
+
+def _failed_check(header: headers.Header | None, raw: bytes, spec: InputSpec,
+                  options: DecodeOptions) -> str | None:
+    """The reason of the first of CHECKS the header fails, if any."""
+    if header is not None:
+        for check in CHECKS:
+            if not bool(check.passes(header, spec, options)):
+                return check.reason(header, raw)
+    return None
+
+
 def diagnose_data(data: tf.Tensor | bytes, spec: InputSpec, options: DecodeOptions) -> str:
     """Why a file's bytes did not decode: the CHECKS in order, then truncation (a clearer word
     than most decoders' messages), then the decoder's own message."""
     data = tf.convert_to_tensor(data, tf.string)
     raw = data.numpy()
-    try:
-        header = headers.read_header(data)
-    except tf.errors.OpError:
-        header = None  # a JPEG whose headers libjpeg cannot read; decode says why below
-    if header is not None:
-        for check in CHECKS:
-            if not bool(check.passes(header, spec, options)):
-                return check.reason(header, raw)
+    failed = _failed_check(_header(data), raw, spec, options)
+    if failed is not None:
+        return failed
     if headers.ends_early(raw, int(headers.image_format(data))):
         return "decode: truncated"
     try:
@@ -395,3 +477,14 @@ def diagnose_data(data: tf.Tensor | bytes, spec: InputSpec, options: DecodeOptio
     except (tf.errors.OpError, ValueError) as error:
         return f"decode: {short_error(error)}"
     return "decode: failed in the pipeline but not when read again (did the file change meanwhile?)"
+
+
+class ModelInputs:
+    """`model_input` for pixels from the fallback, traced once for any size and channel count."""
+
+    def __init__(self, spec: InputSpec):
+        self.function = tf.function(lambda image: model_input(image, spec),
+                                    input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
+
+    def __call__(self, images: list[np.ndarray]) -> tf.Tensor:
+        return tf.stack([self.function(image) for image in images])

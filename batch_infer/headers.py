@@ -18,10 +18,14 @@ from typing import NamedTuple
 
 from .tf_import import tf
 
-UNKNOWN, JPEG, PNG, GIF, BMP, WEBP = range(6)
+UNKNOWN, JPEG, PNG, GIF, BMP, WEBP, TIFF, HEIF = range(8)
 
-# What each format starts with; "?" matches any byte (the RIFF chunk size).
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"RIFF????WEBP")  # JPEG .. WEBP
+# What each format starts with, and which format that is; "?" matches any byte (the RIFF chunk
+# size, the ftyp box size). TIFF and HEIF (an ISO base media file: HEIC, HEIF, AVIF) have no
+# TensorFlow decoder: they are recognised so that they reach the Pillow fallback (`decoding`).
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM", b"RIFF????WEBP",
+          b"II*\0", b"MM\0*", b"II+\0", b"MM\0+", b"????ftyp")  # the last four: TIFF, BigTIFF
+_MAGIC_FORMATS = (JPEG, PNG, GIF, BMP, WEBP, TIFF, TIFF, TIFF, TIFF, HEIF)
 _WEBP_CHUNKS = (b"????????????VP8X", b"????????????VP8L")  # extended, lossless; else VP8, lossy
 
 # Header fields at fixed offsets: name -> (offset, bytes, little-endian), from each format's spec.
@@ -29,13 +33,15 @@ _FIELDS = {
     "png_width": (16, 4, False), "png_height": (20, 4, False),  # IHDR, always the first chunk
     "gif_width": (6, 2, True), "gif_height": (8, 2, True),  # the logical screen
     "bmp_width": (18, 4, True), "bmp_height": (22, 4, True), "bmp_bits": (28, 2, True),
+    "bmp_header_size": (14, 4, True), "bmp_compression": (30, 4, True),
+    "os2_width": (18, 2, True), "os2_height": (20, 2, True),  # a 12-byte OS/2 1.x header
     "vp8x_flags": (20, 1, True), "vp8x_width": (24, 3, True), "vp8x_height": (27, 3, True),
     "vp8l_sizes": (21, 4, True),  # after the 0x2F signature: 14 bits width - 1, 14 bits height - 1
     "vp8_width": (26, 2, True), "vp8_height": (28, 2, True),  # low 14 bits; 2 bits of scaling
 }
 
-# Every magic number and fixed field (the last, VP8X height, ends at byte 30).
-HEAD_BYTES = 32
+# Every magic number and fixed field (the last, a BMP's compression, ends at byte 34).
+HEAD_BYTES = 34
 # Where a JPEG's EXIF block is looked for: an APP1 segment is at most 64 KiB and comes first,
 # after at most a short JFIF APP0 segment.
 EXIF_SEARCH_BYTES = 65 * 1024
@@ -45,13 +51,16 @@ _IFD_ENTRIES = 64  # IFD0 of a camera JPEG has 10 to 20 entries
 class Header(NamedTuple):
     """Declared facts about one file, as scalars; zeros for an unknown format."""
 
-    format: tf.Tensor  # int64: UNKNOWN, JPEG, PNG, GIF, BMP or WEBP
-    width: tf.Tensor  # int64
+    format: tf.Tensor  # int64: UNKNOWN, JPEG, PNG, GIF, BMP, WEBP, TIFF or HEIF
+    width: tf.Tensor  # int64; 0 when unknown here (TIFF and HEIF: Pillow reads it, see `fallback`)
     height: tf.Tensor  # int64
     frames: tf.Tensor  # int64
     pixels: tf.Tensor  # int64: what decoding holds in memory: width x height, or all GIF frames
     animated_webp: tf.Tensor  # bool: needs `with_webp_alpha_flag`
     palette_bmp: tf.Tensor  # bool: 8 bits per pixel, decoded by TensorFlow as bare indices
+    odd_bmp: tf.Tensor  # bool: a BMP TensorFlow misreads: OS/2, compressed or with colour masks
+    # (TensorFlow ignores them: BGRA order is assumed), 1, 4 or 16 bits
+    webp_metadata: tf.Tensor  # bool: an EXIF or XMP chunk, which may say how to turn it upright
 
 
 def _window(data: tf.Tensor, offset, length: int) -> tf.Tensor:
@@ -92,13 +101,17 @@ def _starts_with(values: tf.Tensor, patterns: tuple[bytes, ...]) -> tf.Tensor:
 
 
 def _format(data: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
-    long_enough = [True, True, True, True, tf.strings.length(data) > 12]  # TensorFlow's WebP check
-    matches = _starts_with(values, _MAGIC) & tf.stack(long_enough)
-    return tf.where(tf.reduce_any(matches), tf.argmax(tf.cast(matches, tf.int64)) + 1, UNKNOWN)
+    long_enough = tf.stack([True] * 4 + [tf.strings.length(data) > 12]  # TensorFlow's WebP check
+                           + [True] * (len(_MAGIC) - 5))
+    matches = _starts_with(values, _MAGIC) & long_enough
+    return tf.where(tf.reduce_any(matches),
+                    tf.gather(tf.constant(_MAGIC_FORMATS, tf.int64), tf.argmax(tf.cast(matches, tf.int64))),
+                    UNKNOWN)
 
 
 def image_format(data: tf.Tensor) -> tf.Tensor:
-    """UNKNOWN, JPEG, PNG, GIF, BMP or WEBP, by the magic bytes tf.io.decode_image checks."""
+    """UNKNOWN, JPEG, PNG, GIF, BMP or WEBP by the magic bytes tf.io.decode_image checks, or TIFF
+    or HEIF."""
     return _format(data, _window(data, 0, HEAD_BYTES))
 
 
@@ -168,23 +181,42 @@ def read_header(data: tf.Tensor) -> Header:
 
     jpeg_width, jpeg_height = tf.cond(kind == JPEG, lambda: _jpeg_size(data), lambda: (zero, zero))
     # BMP sizes are signed, as TensorFlow's decoder reads them; a negative height means top-down.
-    bmp_width, bmp_height = (tf.abs(tf.where(value >= 2**31, value - 2**32, value))
-                             for value in (field["bmp_width"], field["bmp_height"]))
+    os2 = field["bmp_header_size"] == 12
+    bmp_width, bmp_height = (tf.where(os2, small, tf.abs(tf.where(value >= 2**31, value - 2**32, value)))
+                             for value, small in ((field["bmp_width"], field["os2_width"]),
+                                                  (field["bmp_height"], field["os2_height"])))
     extended, lossless = tf.unstack(_starts_with(values, _WEBP_CHUNKS))
     webp_width = tf.where(extended, field["vp8x_width"] + 1, tf.where(
         lossless, field["vp8l_sizes"] % 2**14 + 1, field["vp8_width"] % 2**14))
     webp_height = tf.where(extended, field["vp8x_height"] + 1, tf.where(
         lossless, field["vp8l_sizes"] // 2**14 % 2**14 + 1, field["vp8_height"] % 2**14))
 
-    width = tf.gather([zero, jpeg_width, field["png_width"], field["gif_width"], bmp_width, webp_width], kind)
-    height = tf.gather([zero, jpeg_height, field["png_height"], field["gif_height"], bmp_height, webp_height],
-                       kind)
+    width = tf.gather([zero, jpeg_width, field["png_width"], field["gif_width"], bmp_width, webp_width,
+                       zero, zero], kind)
+    height = tf.gather([zero, jpeg_height, field["png_height"], field["gif_height"], bmp_height, webp_height,
+                        zero, zero], kind)
     frames, frame_pixels = tf.cond(kind == GIF, lambda: _gif_frames(data), lambda: (one, zero))
     return Header(
         format=kind, width=width, height=height, frames=tf.where(kind == UNKNOWN, zero, frames),
         pixels=tf.maximum(_area(width, height), frame_pixels),
         animated_webp=(kind == WEBP) & extended & (field["vp8x_flags"] // 2 % 2 == 1),
-        palette_bmp=(kind == BMP) & (field["bmp_bits"] == 8))
+        palette_bmp=(kind == BMP) & ~os2 & (field["bmp_bits"] == 8),
+        odd_bmp=(kind == BMP) & (os2 | (field["bmp_compression"] != 0)
+                                 | ((field["bmp_bits"] != 8) & (field["bmp_bits"] != 24) & (field["bmp_bits"] != 32))),
+        webp_metadata=(kind == WEBP) & extended & (field["vp8x_flags"] // 4 % 4 != 0))  # bits 2, 3
+
+
+# Where a PNG may say how it is turned, as Pillow's Image.getexif reads it: an eXIf chunk, EXIF
+# as hex text ("Raw profile type exif", from ImageMagick), or tiff:Orientation in XMP.
+# \C is any byte: RE2 reads the pattern as UTF-8, and "." does not match bytes that are not.
+_PNG_METADATA = r"\C*(eXIf|Raw profile type exif|XML:com\.adobe\.xmp)\C*"
+
+
+def png_metadata(data: tf.Tensor) -> tf.Tensor:
+    """Whether a PNG has a chunk that may carry an orientation (bool scalar). One RE2 scan of the
+    file; a false match (the four bytes inside compressed data) costs only speed, since such a
+    file is decoded by Pillow, which reads the chunks properly."""
+    return tf.strings.regex_full_match(data, _PNG_METADATA)
 
 
 def with_webp_alpha_flag(data: tf.Tensor) -> tf.Tensor:

@@ -297,6 +297,10 @@ class FileFacts:
         return self.FIELDS
 
     def columns(self, outputs: dict[str, np.ndarray]) -> dict[str, pa.Array]:
+        """Nulls for pixels that did not come from the decode graph (the Pillow fallback)."""
+        if "content_hash" not in outputs:
+            rows = len(next(iter(outputs.values())))
+            return {field.name: pa.nulls(rows, field.type) for field in self.FIELDS}
         return {"width": pa.array(outputs["width"], pa.int32(), mask=outputs["width"] == 0),
                 "height": pa.array(outputs["height"], pa.int32(), mask=outputs["height"] == 0),
                 "content_hash": pa.array([bytes(row).hex() for row in outputs["content_hash"]], pa.string())}

@@ -3,15 +3,19 @@ time (see `parallel`)."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from . import parallel
+from . import fallback, parallel
 from .config import RunConfig
 from .listing import ListedFile
 from .scorer import Scorer
+
+FALLBACK_SUFFIXES = tuple(f".{extension}" for extension in fallback.EXTENSIONS)
+NOTHING = np.array([], np.int64)
 
 
 class LocalEngine:
@@ -35,22 +39,33 @@ class LocalEngine:
 
         refused, readable = self.scorer.triage(todo)
         yield refused
-        decoded = batches(readable, self.scorer.model.spec, self.config.batch_size,
-                          self.scorer.decoding, self.threads)
-        for _, table in parallel.in_order(lambda job: self.scorer.rows(*job), _with_gaps(readable, decoded),
-                                          self.threads.streams):
+        # Files named as formats only Pillow reads skip the graph, which would read them whole
+        # only to drop them; the rest are judged by content (a TIFF named .jpg is rescued too).
+        direct = [item for item in readable if item.path.lower().endswith(FALLBACK_SUFFIXES)]
+        graph = [item for item in readable if not item.path.lower().endswith(FALLBACK_SUFFIXES)]
+        decoded = batches(graph, self.scorer.model.spec, self.config.batch_size, self.scorer.decoding,
+                          self.threads)
+        size = self.config.batch_size
+        jobs = itertools.chain(_with_gaps(graph, decoded, size),
+                               ((direct[start:start + size], NOTHING, None, None, {}) for start in range(0, len(direct), size)))
+        for _, table in parallel.in_order(lambda job: self.scorer.rows(*job), jobs, self.threads.streams):
             yield table
 
 
-def _with_gaps(readable: list[ListedFile], decoded) -> Iterator[tuple]:
+def _with_gaps(readable: list[ListedFile], decoded, batch_size: int) -> Iterator[tuple]:
     """(files, positions among them that decoded, their images, None: no bytes at hand, their
     facts) per batch: the files a batch
     covers run from the one after the previous batch to its last, so files that dropped out of
-    decoding are in the batch after them (or in a last one without images)."""
+    decoding are in the batch after them. A run of more than `batch_size` such files (a folder
+    of TIFFs, which the Pillow fallback decodes) comes first in jobs of its own, `batch_size`
+    files each, so that they are decoded on every stream and committed as they go."""
     next_index = 0
     for indices, images, facts in decoded:
-        end = int(indices[-1]) + 1
+        first, end = int(indices[0]), int(indices[-1]) + 1
+        while first - next_index > batch_size:
+            yield readable[next_index:next_index + batch_size], NOTHING, None, None, {}
+            next_index += batch_size
         yield readable[next_index:end], indices - next_index, images, None, facts
         next_index = end
-    if next_index < len(readable):
-        yield readable[next_index:], np.array([], np.int64), None, None, {}
+    for start in range(next_index, len(readable), batch_size):
+        yield readable[start:start + batch_size], NOTHING, None, None, {}

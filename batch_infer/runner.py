@@ -19,6 +19,7 @@ from . import __version__, fingerprint, storage
 from .config import RunConfig
 from .listing import ListedFile, in_shard, list_input
 from .lock import output_lock
+from .native_stderr import decoder_lines_logged
 from .output import Committed, committed
 from .progress import Progress, log
 from .sink import PartWriter, drop_rows, remove_stale_temporaries
@@ -38,6 +39,7 @@ class Summary:
     output: str
     elapsed_s: float
     stopped_by: int | None = None  # the signal that ended the run early
+    warnings: int | None = 0  # lines decoders printed on stderr, logged (see native_stderr)
 
     @property
     def images_per_s(self) -> float:
@@ -60,7 +62,7 @@ class Summary:
     def as_dict(self) -> dict:
         return {"files": self.files, "ok": self.ok, "errors": self.errors, "skipped": self.skipped,
                 "rescored": self.rescored, "output": self.output, "elapsed_s": round(self.elapsed_s, 3),
-                "images_per_s": self.images_per_s}
+                "images_per_s": self.images_per_s, "warnings": self.warnings}
 
 
 class StopSignals:
@@ -131,9 +133,10 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
     listed = in_shard(listing.items, config.shard)
     todo, changed = plan(listed, found)
 
-    def summary(ok: int = 0, errors: int = 0, stopped_by: int | None = None) -> Summary:
+    def summary(ok: int = 0, errors: int = 0, stopped_by: int | None = None,
+                warnings: int | None = 0) -> Summary:
         return Summary(len(listed), ok, errors, len(listed) - len(todo), len(changed), config.output,
-                       clock() - started, stopped_by)
+                       clock() - started, stopped_by, warnings)
 
     if not listed:
         log.warning("no files ending in %s under %s", ",".join(config.extensions), config.input)
@@ -170,16 +173,17 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
         progress = Progress(len(todo), config.quiet, clock=clock)
         by_path = {item.path: item for item in todo}
         ok = errors = 0
-        for table in engine.score(todo):
-            writer.add(listing.annotate(table, by_path))
-            failed = table.column("status").to_pylist().count("error")
-            ok, errors = ok + table.num_rows - failed, errors + failed
-            progress.update(table.num_rows)
-            if stop.received is not None:
-                break
+        with decoder_lines_logged(config.log_format, config.quiet) as decoder_lines:
+            for table in engine.score(todo):
+                writer.add(listing.annotate(table, by_path))
+                failed = table.column("status").to_pylist().count("error")
+                ok, errors = ok + table.num_rows - failed, errors + failed
+                progress.update(table.num_rows)
+                if stop.received is not None:
+                    break
         writer.commit()
         progress.close()
-        return summary(ok, errors, stop.received)
+        return summary(ok, errors, stop.received, decoder_lines.lines)
 
 
 def _tensorflow_version() -> str:

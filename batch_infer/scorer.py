@@ -1,17 +1,19 @@
 """The one place where files become rows, for both engines: triage of files refused unread, the
 model call (with a bad input isolated to its own row), the heads' columns, and the diagnosis of
-files that dropped out of decoding.
-
+files that dropped out of decoding, which the Pillow fallback gets to decode first.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 
+from . import parallel
 from .config import RunConfig
 from .config import ConfigError
-from .decoding import DecodeOptions, diagnose, diagnose_data, unread_reason
+from .decoding import PILLOW, TENSORFLOW, DecodeOptions, ModelInputs, rescue, unread_reason
 from .heads import Classification, Embedding, FileFacts, Head, KeptOutput
 from .listing import ListedFile
 from .model import Model, is_keras_file, load_keras_model, load_model
@@ -19,14 +21,18 @@ from .tf_import import short_error, tf
 
 BASE_FIELDS = [pa.field("path", pa.string()), pa.field("status", pa.string()),
                pa.field("error", pa.string())]
+# Which decoder produced an ok row's pixels: "tensorflow" (the tf.data graph) or "pillow" (the
+# fallback); null on error rows. Last, so the columns users know keep their places.
+DECODER_FIELD = pa.field("decoder", pa.string())
 
 
 class Rows:
-    """Tables in the output schema: path, status, error, then each head's fields in order."""
+    """Tables in the output schema: path, status, error, each head's fields in order, decoder."""
 
     def __init__(self, heads: list[Head]):
         self.heads = heads
-        self.schema = pa.schema(BASE_FIELDS + [field for head in heads for field in head.fields()])
+        self.schema = pa.schema(BASE_FIELDS + [field for head in heads for field in head.fields()]
+                                + [DECODER_FIELD])
 
     def errors(self, paths: list[str], reasons: list[str]) -> pa.Table:
         rows = len(paths)
@@ -35,7 +41,7 @@ class Rows:
         return pa.table({field.name: columns.get(field.name, pa.nulls(rows, field.type))
                          for field in self.schema}, schema=self.schema)
 
-    def ok(self, paths: list[str], outputs: dict[str, np.ndarray]) -> pa.Table:
+    def ok(self, paths: list[str], outputs: dict[str, np.ndarray], decoder: str = TENSORFLOW) -> pa.Table:
         """Rows for scored files, from one model call's outputs, column-wise."""
         rows = len(paths)
         columns = {"path": pa.array(paths, pa.string()),
@@ -43,6 +49,7 @@ class Rows:
                    "error": pa.nulls(rows, pa.string())}
         for head in self.heads:
             columns.update(head.columns(outputs))
+        columns["decoder"] = pa.array(np.full(rows, decoder, dtype=object), pa.string())
         return pa.table(columns, schema=self.schema)
 
 
@@ -90,6 +97,10 @@ class Scorer:
         self.decoding = decoding
         self.table = Rows(heads)
         self.schema = self.table.schema
+        self.model_inputs = ModelInputs(model.spec)
+        # Pillow releases the GIL while it decodes: one thread per core, shared by the streams,
+        # so a folder of TIFFs uses every core and holds at most one decoded image per core.
+        self.fallback_pool = ThreadPoolExecutor(parallel.usable_cores(), thread_name_prefix="pillow")
 
     @classmethod
     def load(cls, config: RunConfig) -> "Scorer":
@@ -130,24 +141,33 @@ class Scorer:
              data: list[bytes] | None = None, facts: dict[str, np.ndarray] | None = None) -> pa.Table:
         """One row for each of `items`: those at positions `arrived` decoded into `images` (in
         order) and are scored, their `facts` (see `decoding.decode_with_facts`) beside the model's
-        outputs; the others are diagnosed, from `data` when the engine has a file's bytes, else
-        by reading the file again."""
+        outputs; the others are rescued by the Pillow fallback and scored, or
+        diagnosed: from `data` when the engine has each file's bytes, else by reading the file
+        again."""
         arrived = [int(position) for position in arrived]
         missing = sorted(set(range(len(items))) - set(arrived))
-        tables = [self.error_rows(
-            [items[i].path for i in missing],
-            [diagnose_data(data[i], self.model.spec, self.decoding) if data is not None and data[i] is not None
-             else diagnose(items[i], self.model.spec, self.decoding) for i in missing])]
+        rescued = list(self.fallback_pool.map(
+            lambda i: rescue(items[i], data[i] if data is not None else None, self.model.spec, self.decoding),
+            missing))
+        failed = [(items[i].path, reason) for i, (_, reason) in zip(missing, rescued) if reason is not None]
+        tables = [self.error_rows([path for path, _ in failed], [reason for _, reason in failed])]
         if arrived:
-            outputs, failures = self._predict(images)
-            paths = [items[i].path for i in arrived]
-            scored = [path for row, path in enumerate(paths) if row not in failures]
-            if scored:
-                kept = [row for row in range(len(paths)) if row not in failures]
-                tables.append(self.table.ok(scored, {**outputs, **{name: value[kept] for name, value
-                                                                    in (facts or {}).items()}}))
-            tables.append(self.error_rows([paths[row] for row in failures], list(failures.values())))
+            tables.extend(self._scored([items[i].path for i in arrived], images, TENSORFLOW, facts))
+        decoded = [(items[i].path, pixels) for i, (pixels, _) in zip(missing, rescued) if pixels is not None]
+        if decoded:
+            tables.extend(self._scored([path for path, _ in decoded],
+                                       self.model_inputs([pixels for _, pixels in decoded]), PILLOW))
         return pa.concat_tables(tables)
+
+    def _scored(self, paths: list[str], images, decoder: str,
+                facts: dict[str, np.ndarray] | None = None) -> list[pa.Table]:
+        """Rows of one model call on `images`, one per path: ok, or the model's error."""
+        outputs, failures = self._predict(images)
+        kept = [row for row in range(len(paths)) if row not in failures]
+        outputs.update({name: value[kept] for name, value in (facts or {}).items()})
+        scored = [paths[row] for row in kept]
+        tables = [self.table.ok(scored, outputs, decoder)] if scored else []
+        return tables + [self.error_rows([paths[row] for row in failures], list(failures.values()))]
 
     def _predict(self, images) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         """Outputs of the rows the model took, plus {row: reason} for rows it rejected.
