@@ -29,7 +29,7 @@ class Head(Protocol):
         """What the head decided, for every part's key-value metadata."""
 
     def describe(self) -> str:
-        """The same, in words for the log."""
+        """The same, in words for the log; empty when there is nothing run-specific to say."""
 
 
 def choose_output(outputs: list[TensorInfo], key: str | None, where: str,
@@ -309,4 +309,4 @@ class FileFacts:
         return {"content_hash": "farmhash64 of the file's bytes (tf.fingerprint), as 16 hex digits"}
 
     def describe(self) -> str:
-        return "width, height and content hash from the decoder"
+        return ""  # the same for every run: nothing for the log line

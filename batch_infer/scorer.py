@@ -125,7 +125,7 @@ class Scorer:
         """One log line: how the model is fed and what each head decided."""
         called = f"signature {self.model.signature}" if self.model.signature else self.model.where
         return ", ".join([f"{called}, input {self.model.spec.describe()}"]
-                         + [head.describe() for head in self.heads])
+                         + [head.describe() for head in self.heads if head.describe()])
 
     def error_rows(self, paths: list[str], reasons: list[str]) -> pa.Table:
         return self.table.errors(paths, reasons)

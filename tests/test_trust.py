@@ -12,18 +12,13 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
 import images
-from conftest import REPO, SAMPLE_IMAGES, SAMPLE_MODEL, run_cli
-
-
-def rows_of(output: str) -> pd.DataFrame:
-    return ds.dataset(output, format="parquet").to_table().to_pandas().sort_values("path", ignore_index=True)
+from conftest import REPO, SAMPLE_IMAGES, SAMPLE_MODEL, read_output, run_cli
 
 
 @pytest.fixture
@@ -95,17 +90,17 @@ def edit(path: str, seed: int) -> None:
 def test_changed_files_are_rescored_with_one_row_each(photos, tmp_path, capsys):
     output, fresh = str(tmp_path / "out"), str(tmp_path / "fresh")
     assert score(capsys, photos, output, "--commit-every", "7")[0] == 0
-    before = rows_of(output)
+    before = read_output(output)
     changed = sorted(before.path)[::3][:10]
     for seed, path in enumerate(changed):
         edit(os.path.join(photos, path), seed)
     code, summary, err = score(capsys, photos, output)
     assert code == 0, err
     assert (summary["rescored"], summary["ok"], summary["skipped"]) == (10, 10, 20)
-    after = rows_of(output)
+    after = read_output(output)
     assert after.path.tolist() == before.path.tolist()  # exactly one row per path
     assert score(capsys, photos, fresh)[0] == 0
-    expected = rows_of(fresh)
+    expected = read_output(fresh)
     for column in ("label", "file_size", "file_mtime"):
         assert after[column].tolist() == expected[column].tolist(), column
     np.testing.assert_allclose(np.stack(after.top_k_scores), np.stack(expected.top_k_scores), atol=1e-6)
@@ -115,7 +110,7 @@ def test_changed_files_are_rescored_with_one_row_each(photos, tmp_path, capsys):
 def test_kill_9_while_rescoring_leaves_each_path_once(photos, tmp_path, capsys):
     output = str(tmp_path / "out")
     assert score(capsys, photos, output, "--commit-every", "4")[0] == 0
-    paths = rows_of(output).path.tolist()
+    paths = read_output(output).path.tolist()
     for seed, path in enumerate(paths):
         edit(os.path.join(photos, path), seed)
     rng = np.random.default_rng(0)
@@ -127,11 +122,11 @@ def test_kill_9_while_rescoring_leaves_each_path_once(photos, tmp_path, capsys):
         time.sleep(delay_s)
         process.kill()
         process.wait()
-        committed = rows_of(output).path.tolist()
+        committed = read_output(output).path.tolist()
         assert len(committed) == len(set(committed)), f"a path twice after kill -9 at {delay_s:.1f} s"
     code, summary, err = score(capsys, photos, output)
     assert code == 0, err
-    final = rows_of(output)
+    final = read_output(output)
     assert final.path.tolist() == paths
     listed = {path: os.stat(os.path.join(photos, path)) for path in paths}
     assert final.file_size.tolist() == [listed[path].st_size for path in final.path]
@@ -168,13 +163,13 @@ def manifest_files(photos: str, tmp_path) -> dict[str, str]:
 def test_manifests_in_every_format_give_the_directory_walks_rows(photos, tmp_path, capsys):
     walked = str(tmp_path / "walked")
     assert score(capsys, photos, walked)[0] == 0
-    expected = rows_of(walked)
+    expected = read_output(walked)
     for suffix, manifest in manifest_files(photos, tmp_path).items():
         output = str(tmp_path / f"from-{suffix}")
         flags = [] if suffix == "txt" else ["--path-column", "file", "--keep-columns", "truth,index,holdout"]
         code, summary, err = score(capsys, manifest, output, *flags)
         assert code == 0 and summary["files"] == 30, (suffix, err)
-        rows = rows_of(output)
+        rows = read_output(output)
         for column in ("path", "status", "label", "top_k_indices", "file_size", "file_mtime"):
             assert [np.asarray(value).tolist() for value in rows[column]] == \
                 [np.asarray(value).tolist() for value in expected[column]], (suffix, column)
@@ -196,7 +191,7 @@ def test_manifest_problems(photos, tmp_path, capsys):
                                  "--keep-columns", "truth")
     assert code == 0 and (summary["files"], summary["ok"], summary["errors"]) == (3, 2, 1), err
     assert "listed more than once" in err
-    rows = rows_of(output).set_index("path")
+    rows = read_output(output).set_index("path")
     assert rows.loc["missing.png", "error"].startswith("read: ") and rows.loc["missing.png", "truth"] == "two"
     for flags, message in ((["--path-column", "file"], "has no column file"),
                            (["--keep-columns", "nope"], "has no column nope")):
@@ -235,7 +230,7 @@ def test_sigterm_under_load_exits_within_3_s(tmp_path):
     out, err = process.communicate(timeout=30)
     assert process.returncode == 143, err
     assert time.monotonic() - sent < 3, f"{time.monotonic() - sent:.1f} s from SIGTERM to exit"
-    assert json.loads(out.strip().splitlines()[-1])["ok"] == len(rows_of(output))
+    assert json.loads(out.strip().splitlines()[-1])["ok"] == len(read_output(output))
 
 
 def test_width_height_and_content_hash_come_from_the_file(tmp_path, capsys):
@@ -248,7 +243,7 @@ def test_width_height_and_content_hash_come_from_the_file(tmp_path, capsys):
     images.write_truncated_jpeg(root / "broken.jpg")
     output = str(tmp_path / "out")
     assert score(capsys, str(root), output)[0] == 0
-    rows = rows_of(output).set_index("path")
+    rows = read_output(output).set_index("path")
     for name in ("wide.png", "tall.jpg"):
         with Image.open(root / name) as image:
             assert (rows.loc[name, "width"], rows.loc[name, "height"]) == image.size
