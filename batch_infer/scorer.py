@@ -84,7 +84,7 @@ class Scorer:
 
     def describe(self) -> str:
         """One log line: how the model is fed and what each head decided."""
-        return "; ".join([f"signature {self.model.signature}, input {self.model.spec.describe()}"]
+        return ", ".join([f"signature {self.model.signature}, input {self.model.spec.describe()}"]
                          + [head.describe() for head in self.heads])
 
     def error_rows(self, paths: list[str], reasons: list[str]) -> pa.Table:
