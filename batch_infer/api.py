@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from .config import ConfigError, RunConfig, build_config, parse_options
 
 
@@ -26,7 +28,7 @@ class RunFailed(Exception):
 
 def score(model: str, input: str, output: str, **options) -> dict:
     """Scores every image under `input` into the Parquet dataset `output` and returns the summary
-    (files, ok, errors, skipped, output, elapsed_s, images_per_s).
+    (files, ok, errors, skipped, rescored, output, elapsed_s, images_per_s).
 
     `options` are the `run` options with `_` for `-`: top_k=3, shard="0/4", engine="ray",
     concurrency=4. Paths may be local or s3://, gs://... URLs. Like the command, a second call
@@ -52,13 +54,15 @@ def score(model: str, input: str, output: str, **options) -> dict:
 
 # Options about the run as a whole, which a Dataset already settles or which need an output.
 _RUN_ONLY = ("input", "output", "job", "recursive", "extensions", "shard", "max_error_rate",
+             "path_column", "keep_columns",
              "commit_every", "max_file_mb", "engine", "ray_address", "quiet", "log_format")
 
 
 def score_dataset(dataset, model: str, **options):
     """Scores a Ray Dataset with columns `bytes` (encoded image files) and `path`, and returns a
     Ray Dataset of rows in the output schema (`path` as given, then status, error, label, score,
-    top_k_labels, top_k_indices, top_k_scores): one row per input row, bad files as error rows.
+    top_k_labels, top_k_indices, top_k_scores, and embedding or output_KEY when asked for): one
+    row per input row, bad files as error rows.
 
     `options` are the model options of `score` (signature, batch_size, top_k, preprocess,
     concurrency, num_gpus, ...). The model is loaded here once to check it, then once per actor;
@@ -83,3 +87,33 @@ def score_dataset(dataset, model: str, **options):
     Scorer.load(config)
     ray_engine.connect(config)
     return ray_engine.scored(dataset, config)
+
+
+def load_embeddings(output: str) -> tuple[list[str], np.ndarray]:
+    """(paths, matrix) of every row of OUT that has an embedding: `matrix` is one contiguous
+    float32 [rows, D] array whose row i belongs to paths[i]; error rows are left out.
+
+    The column's values are read once into Arrow and the matrix is a view of them, without a
+    Python loop over rows.
+
+    Example:
+        paths, vectors = load_embeddings("out/photos")
+        nearest = np.argsort(-(vectors @ vectors[0]))[:10]
+    """
+    import pyarrow.compute as pc
+
+    from .output import part_files, read_parts
+
+    parts, filesystem = part_files(output)
+    if parts:
+        import pyarrow.parquet as pq
+
+        if "embedding" not in pq.read_schema(parts[0], filesystem=filesystem).names:
+            raise ConfigError(f"{output} has no embedding column; score it with --task embed, "
+                              "--embedding-key or --embedding-layer.")
+    table, _ = read_parts(output, ["path", "embedding"])
+    table = table.filter(pc.is_valid(table.column("embedding")))
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    matrix = column.flatten().to_numpy(zero_copy_only=True).reshape(-1, dim)
+    return table.column("path").to_pylist(), matrix

@@ -20,13 +20,29 @@ class ConfigError(Exception):
 
 
 PREPROCESS_MODES = ("raw", "unit", "symmetric", "caffe", "torch")
+RESIZE_MODES = ("stretch", "crop", "pad")
+INTERPOLATIONS = ("bilinear", "bicubic", "area", "nearest", "lanczos3")
+# Named bundles of preprocessing choices; flags given explicitly (or in a job file) win.
+PRESETS = {
+    # keras.utils.image_dataset_from_directory(image_size=..., interpolation="bilinear"): its
+    # decode_image (no EXIF turn, never at reduced scale), bilinear without antialias, raw 0..255.
+    "keras": {"resize": "stretch", "crop_fraction": 1.0, "interpolation": "bilinear",
+              "antialias": False, "preprocess": "raw", "exif_transpose": False,
+              "scaled_decode": False},
+    # timm/torchvision evaluation: shorter side to size/0.875, centre crop, bicubic, mean/std.
+    "imagenet": {"resize": "crop", "crop_fraction": 0.875, "interpolation": "bicubic",
+                 "antialias": True, "preprocess": "torch"},
+}
 ACTIVATIONS = ("auto", "softmax", "sigmoid", "none")
 DEVICES = ("auto", "cpu", "gpu")
 LOG_FORMATS = ("text", "json")
 ENGINES = ("local", "ray")
+TASKS = ("classify", "embed")
 RAY_OPTIONS = ("ray_address", "concurrency", "num_gpus")
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff")
 PATH_OPTIONS = ("model", "input", "output", "labels")
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".txt")
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,18 @@ class RunConfig:
     concurrency: int = 1
     num_gpus: float = 0.0
     scaled_decode: bool = True
+    path_column: str = "path"
+    keep_columns: tuple[str, ...] = ()
+    resize: str = "stretch"
+    crop_fraction: float = 1.0
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    preset: str | None = None
+    task: str = "classify"
+    embedding_key: str | None = None
+    embedding_layer: str | None = None
+    keep_output: tuple[str, ...] = ()
+    normalize_embeddings: bool = False
 
 
 # --- value parsers: accept the text of a flag or the native TOML value ---------------------------
@@ -80,6 +108,9 @@ def _positive_int(name: str, value: Any) -> int:
     return number
 
 
+positive_int = _positive_int
+
+
 def _non_negative(name: str, value: Any) -> float:
     try:
         number = float(value)
@@ -97,6 +128,17 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
         return value
 
     return parse
+
+
+def _fraction(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not 0.0 < number <= 1.0:
+        raise ConfigError(f"{_flag(name)} must be a number above 0 and at most 1, e.g. 0.875; "
+                          f"got {value!r}.")
+    return number
 
 
 def _text(name: str, value: Any) -> str:
@@ -137,11 +179,28 @@ def _rate(name: str, value: Any) -> float:
     return rate
 
 
+def _keys(name: str, value: Any) -> tuple[str, ...]:
+    """A repeatable flag (given once per key) or a TOML list of keys."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(item, str) and item for item in items):
+        raise ConfigError(f"{_flag(name)} takes an output name, once per output to keep; got {value!r}.")
+    return tuple(dict.fromkeys(items))
+
+
 def _extensions(name: str, value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, list) else str(value).split(",")
     cleaned = tuple(str(item).strip().lower().lstrip(".") for item in items)
     if not cleaned or not all(cleaned):
         raise ConfigError(f"{_flag(name)} must be a comma-separated list like jpg,png; got {value!r}.")
+    return cleaned
+
+
+def _columns(name: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    cleaned = tuple(str(item).strip() for item in items)
+    if not cleaned or not all(cleaned):
+        raise ConfigError(f"{_flag(name)} must be a comma-separated list of column names like "
+                          f"label,split; got {value!r}.")
     return cleaned
 
 
@@ -152,17 +211,21 @@ class Option:
     parse: Callable[[str, Any], Any]
     metavar: str | None = None
     boolean: bool = False
+    changes_values: bool = True  # False: a resume with another value never mixes rows (see `fingerprint`)
+    repeatable: bool = False
 
 
 OPTIONS = (
-    Option("model", "SavedModel directory", _text, "MODEL"),
-    Option("input", "directory of images to score, or an s3://, gs://... URL", _text, "DIR"),
-    Option("output", "output Parquet dataset directory, or an s3://, gs://... URL", _text, "OUT"),
+    Option("model", "SavedModel directory, or a Keras .keras or .h5 file", _text, "MODEL", changes_values=False),
+    Option("input", "directory of images to score, an s3://, gs://... URL, or a manifest file "
+           "(.csv, .tsv, .parquet, .jsonl, or .txt with one path a line) naming the files",
+           _text, "DIR|MANIFEST", changes_values=False),
+    Option("output", "output Parquet dataset directory, or an s3://, gs://... URL", _text, "OUT", changes_values=False),
     Option("top_k", "number of best classes kept per image, capped at the class count (default: 5)",
            _positive_int, "K"),
-    Option("batch_size", "images per model call (default: 32)", _positive_int, "N"),
+    Option("batch_size", "images per model call (default: 32)", _positive_int, "N", changes_values=False),
     Option("labels", "class names, one per line, line i = class i (default: labels.txt in MODEL "
-           "or MODEL/assets if present, else class indices)", _text, "FILE"),
+           "or MODEL/assets if present, else class indices)", _text, "FILE", changes_values=False),
     Option("signature", "signature to call (default: serving_default)", _text, "NAME"),
     Option("input_key", "signature input to feed (default: its only input)", _text, "KEY"),
     Option("output_key", "signature output holding class scores (default: the only "
@@ -172,22 +235,36 @@ OPTIONS = (
     Option("preprocess", "pixel scaling applied before the model: raw 0..255, unit 0..1, symmetric "
            "-1..1, caffe (BGR minus ImageNet mean), torch (ImageNet mean/std) (default: raw)",
            _choice(PREPROCESS_MODES)),
+    Option("resize", "how the image becomes the model size: stretch (both sides to size), crop "
+           "(scale so the shorter side fits, keep the centre), pad (scale so the longer side fits, "
+           "pad with zeros) (default: stretch)", _choice(RESIZE_MODES)),
+    Option("crop_fraction", "take the centre F of the resized image, as timm's crop_pct: resize to "
+           "size/F, then keep the model size (default: 1)", _fraction, "F"),
+    Option("interpolation", "resampling filter: bilinear, bicubic, area, nearest or lanczos3 "
+           "(default: bilinear)", _choice(INTERPOLATIONS)),
+    Option("antialias", "widen the filter when shrinking, so large photos are not aliased "
+           "(default: on)", _bool, boolean=True),
+    Option("preset", "a named bundle of preprocessing choices that flags given explicitly "
+           "override: keras (as keras.utils.image_dataset_from_directory), imagenet (as "
+           "timm/torchvision evaluation) (default: none)", _choice(tuple(PRESETS))),
     Option("activation", "turn outputs into probabilities: auto detects logits once per run "
            "(default: auto)", _choice(ACTIVATIONS)),
-    Option("recursive", "descend into subdirectories (default: recursive)", _bool, boolean=True),
+    Option("recursive", "descend into subdirectories (default: recursive)", _bool, boolean=True, changes_values=False),
     Option("extensions", f"file extensions to score (default: {','.join(DEFAULT_EXTENSIONS)})",
-           _extensions, "LIST"),
+           _extensions, "LIST", changes_values=False),
     Option("shard", "score only shard I of N, e.g. Airflow's map_index/N (default: 0/1)",
-           parse_shard, "I/N"),
+           parse_shard, "I/N", changes_values=False),
     Option("max_error_rate", "exit 3 when the share of error rows in this run exceeds R "
-           "(default: no limit)", _rate, "R"),
-    Option("commit_every", "commit a Parquet part at least every N rows (and every 30 s), which "
-           "bounds what a killed run loses (default: 2000)", _positive_int, "N"),
+           "(default: no limit)", _rate, "R", changes_values=False),
+    Option("commit_every", "commit a Parquet part at least every N rows (sooner when the rows "
+           "pending reach 32 MiB, as wide embeddings do, and every 30 s), which bounds what a "
+           "killed run loses and the size of a part (default: 2000)", _positive_int, "N",
+           changes_values=False),
     Option("device", "where the model runs (default: auto, the GPU when there is one)",
-           _choice(DEVICES)),
-    Option("quiet", "no progress output, warnings only", _bool, boolean=True),
+           _choice(DEVICES), changes_values=False),
+    Option("quiet", "no progress output, warnings only", _bool, boolean=True, changes_values=False),
     Option("log_format", "stderr log lines as text or one JSON object each (default: text)",
-           _choice(LOG_FORMATS)),
+           _choice(LOG_FORMATS), changes_values=False),
     Option("exif_transpose", "turn photos upright by their EXIF orientation before resizing, as "
            "image viewers do (default: on)", _bool, boolean=True),
     Option("max_pixels", "refuse images whose header declares more pixels than this (all frames "
@@ -197,14 +274,32 @@ OPTIONS = (
            "scale inside the decoder, never below the model size (default: on)", _bool, boolean=True),
     Option("max_file_mb", "refuse files larger than this many MiB unread, as a `too-large` "
            "error row (default: 512)", _positive_int, "MB"),
+    Option("task", "classify writes the class columns (and an embedding when asked for); embed "
+           "writes only the embedding (default: classify)", _choice(TASKS)),
+    Option("embedding_key", "signature output to write as `embedding`, a [batch, D] float vector",
+           _text, "KEY"),
+    Option("embedding_layer", "Keras files: the layer whose output is written as `embedding` "
+           "(feature maps averaged to [batch, D]), or penultimate for the input of the final Dense "
+           "layer", _text, "NAME"),
+    Option("keep_output", "keep this float output raw as the column output_KEY; repeat the flag "
+           "for more outputs", _keys, "KEY", repeatable=True),
+    Option("normalize_embeddings", "store embeddings L2-normalised, so a dot product is the cosine "
+           "similarity (default: off)", _bool, boolean=True),
     Option("engine", "where files are decoded and scored: local (this process) or ray (a Ray "
-           "cluster) (default: local)", _choice(ENGINES)),
+           "cluster) (default: local)", _choice(ENGINES), changes_values=False),
     Option("ray_address", "Ray cluster to join, e.g. ray://head:10001 (default: $RAY_ADDRESS, "
-           "else a Ray started on this machine for the run)", _text, "ADDRESS"),
+           "else a Ray started on this machine for the run)", _text, "ADDRESS", changes_values=False),
     Option("concurrency", "model actors on the Ray cluster, each holding the model once "
-           "(default: 1)", _positive_int, "N"),
-    Option("num_gpus", "GPUs per Ray model actor, fractions allowed (default: 0)", _non_negative, "N"),
+           "(default: 1)", _positive_int, "N", changes_values=False),
+    Option("num_gpus", "GPUs per Ray model actor, fractions allowed (default: 0)", _non_negative, "N", changes_values=False),
 )
+MANIFEST_OPTIONS = (
+    Option("path_column", "manifest column holding each file's path or URL; relative paths are "
+           "taken from the manifest's folder (default: path)", _text, "NAME", changes_values=False),
+    Option("keep_columns", "manifest columns copied into every row with their types, e.g. a "
+           "class column to review against (default: none)", _columns, "A,B"),
+)
+OPTIONS = OPTIONS + MANIFEST_OPTIONS
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
@@ -212,10 +307,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds every run option; unset flags stay absent so the job file can fill them."""
     parser.add_argument("--job", metavar="FILE", default=argparse.SUPPRESS,
                         help="TOML job file with these options as keys (flags given here win)")
-    for option in OPTIONS:
+    add_options(parser, [option.name for option in OPTIONS])
+
+
+PREPROCESSING_OPTIONS = ("preprocess", "resize", "crop_fraction", "interpolation", "antialias", "preset")
+
+
+def add_options(parser: argparse.ArgumentParser, names) -> None:
+    """Adds the named options, with the same flags and help text everywhere (run and inspect)."""
+    for option in (OPTIONS_BY_NAME[name] for name in names):
         if option.name == "quiet":
             parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                                 help=option.help)
+        elif option.repeatable:
+            parser.add_argument(_flag(option.name), metavar=option.metavar, action="append",
+                                default=argparse.SUPPRESS, help=option.help)
         elif option.boolean:
             parser.add_argument(_flag(option.name), action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=option.help)
@@ -260,6 +366,7 @@ def build_config(given: dict[str, Any]) -> RunConfig:
         if name in parsed and not storage.is_url(parsed[name]):
             parsed[name] = os.path.abspath(os.path.expanduser(parsed[name]))
     config = RunConfig(**parsed)
+    _check_outputs(config)
     _check_engine(config, parsed)
     _check_paths(config)
     return config
@@ -271,7 +378,43 @@ def parse_options(values: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"Unknown option(s) {', '.join(unknown)}; valid options are "
                           f"{', '.join(OPTIONS_BY_NAME)}.")
-    return {name: OPTIONS_BY_NAME[name].parse(name, value) for name, value in values.items()}
+    parsed = {name: OPTIONS_BY_NAME[name].parse(name, value) for name, value in values.items()}
+    return apply_preset(parsed)
+
+
+def apply_preset(parsed: dict[str, Any]) -> dict[str, Any]:
+    """The preset's values under the options given explicitly, then the preprocessing options
+    checked against each other."""
+    preset = parsed.get("preset")
+    if preset is not None:
+        explicit = set(parsed)
+        parsed = {**PRESETS[preset], **parsed}
+        if preset == "keras" and "scaled_decode" in explicit and parsed["scaled_decode"]:
+            raise ConfigError("--scaled-decode does not apply to --preset keras, which decodes every "
+                              "file at full size as Keras does; drop --scaled-decode.")
+    if parsed.get("resize") == "pad" and parsed.get("crop_fraction", 1.0) < 1.0:
+        raise ConfigError("--crop-fraction keeps only the centre of the image while --resize pad "
+                          "keeps all of it; use --resize crop or stretch with --crop-fraction, or "
+                          "drop --crop-fraction.")
+    return parsed
+
+
+def _check_outputs(config: RunConfig) -> None:
+    """Which columns a run writes, checked before the model is loaded."""
+    if config.embedding_key is not None and config.embedding_layer is not None:
+        raise ConfigError("--embedding-key (a signature output) and --embedding-layer (a Keras layer) "
+                          "each choose the embedding; give one of them.")
+    wants_embedding = config.task == "embed" or config.embedding_key or config.embedding_layer
+    if config.normalize_embeddings and not wants_embedding:
+        raise ConfigError("--normalize-embeddings needs an embedding; add --embedding-key, "
+                          "--embedding-layer or --task embed.")
+    if config.task == "embed" and config.output_key is not None:
+        raise ConfigError("--output-key chooses the class scores, which --task embed does not write; "
+                          "drop it, or choose the vector with --embedding-key.")
+    if config.embedding_layer is not None and not config.model.lower().endswith(KERAS_SUFFIXES):
+        raise ConfigError("--embedding-layer needs a Keras .keras or .h5 file, since a SavedModel keeps "
+                          "no usable layers; pass the Keras file, or export a signature that returns "
+                          "the features and use --embedding-key (batch-infer inspect MODEL shows how).")
 
 
 def _check_engine(config: RunConfig, given: dict[str, Any]) -> None:
@@ -299,8 +442,16 @@ def _check_paths(config: RunConfig) -> None:
     if storage.is_url(config.input):
         if not _reach(config.input):
             raise ConfigError(f"Input {config.input} does not exist or holds no objects; check --input.")
+    elif config.input.lower().endswith(MANIFEST_SUFFIXES):
+        if not os.path.isfile(config.input):
+            raise ConfigError(f"Manifest {config.input} does not exist; check --input.")
     elif not os.path.isdir(config.input):
         raise ConfigError(f"Input directory {config.input} does not exist; check --input.")
+    if not config.input.lower().endswith(MANIFEST_SUFFIXES):
+        for name in ("path_column", "keep_columns"):
+            if getattr(config, name) != RunConfig.__dataclass_fields__[name].default:
+                raise ConfigError(f"{_flag(name)} only applies to a manifest --input (.csv, .tsv, "
+                                  f".parquet, .jsonl or .txt); drop {_flag(name)}.")
     if storage.is_url(config.output):
         _reach(config.output)
         if not storage.container_exists(config.output):

@@ -28,17 +28,75 @@ from .tf_import import short_error, tf
 
 
 @dataclass(frozen=True)
+class Resize:
+    """How upright pixels become the model's size: the run options of the same names.
+
+    Every mode first takes a centred box of the image, then resizes that box to the model size
+    with `interpolation` (antialiased when shrinking, if `antialias`):
+    - stretch: the whole image, both sides to the model size (aspect ratio not kept);
+    - crop: the largest centred box of the model's aspect ratio, exactly as Keras'
+      `smart_resize` (`crop_to_aspect_ratio=True`) computes it;
+    - pad: the whole image scaled to fit, zeros around it, as `tf.image.resize_with_pad`
+      (Keras' `pad_to_aspect_ratio=True`).
+    `crop_fraction` F < 1 then keeps the centre F of that box (each side floor(F * side)), which
+    is timm's crop_pct: "resize to size/F, then take the centre" with the crop done first, so only
+    the pixels kept are resized.
+    """
+
+    mode: str = "stretch"
+    crop_fraction: float = 1.0
+    interpolation: str = "bilinear"
+    antialias: bool = True
+
+    @classmethod
+    def from_config(cls, config) -> "Resize":
+        return cls(config.resize, config.crop_fraction, config.interpolation, config.antialias)
+
+    @property
+    def is_default(self) -> bool:
+        return self == Resize()
+
+    def flags(self) -> str:
+        """The run flags that give this resize, defaults left out: "--resize crop --no-antialias"."""
+        words = [] if self.mode == "stretch" else [f"--resize {self.mode}"]
+        if self.crop_fraction != 1.0:
+            words.append(f"--crop-fraction {self.crop_fraction:g}")
+        if self.interpolation != "bilinear":
+            words.append(f"--interpolation {self.interpolation}")
+        if not self.antialias:
+            words.append("--no-antialias")
+        return " ".join(words)
+
+    def describe(self) -> str:
+        """In words: "crop, centre 0.875, bicubic, antialiased"."""
+        words = [self.mode] + ([f"centre {self.crop_fraction:g}"] if self.crop_fraction != 1.0 else [])
+        return ", ".join(words + [self.interpolation, "antialiased" if self.antialias else "no antialias"])
+
+    def metadata(self) -> dict[str, str]:
+        return {"resize": self.mode, "crop_fraction": repr(float(self.crop_fraction)),
+                "interpolation": self.interpolation, "antialias": str(self.antialias).lower()}
+
+
+@dataclass(frozen=True)
 class DecodeOptions:
-    """What a file may cost and how it is turned upright: the run options of the same names."""
+    """What a file may cost, how it is turned upright and resized: the run options of the same
+    names. `decoder` "keras" (set by --preset keras) decodes every file with
+    `tf.io.decode_image(channels=C, expand_animations=False)`, as Keras' dataset utility does,
+    instead of the DECODERS table."""
 
     max_pixels: int
     max_file_mb: int
     exif_transpose: bool
     scaled_decode: bool
+    resize: Resize = Resize()
+    decoder: str = "batch-infer"
+    preset: str | None = None
 
     @classmethod
     def from_config(cls, config) -> "DecodeOptions":
-        return cls(config.max_pixels, config.max_file_mb, config.exif_transpose, config.scaled_decode)
+        return cls(config.max_pixels, config.max_file_mb, config.exif_transpose, config.scaled_decode,
+                   Resize.from_config(config), "keras" if config.preset == "keras" else "batch-infer",
+                   config.preset)
 
     @property
     def max_file_bytes(self) -> int:
@@ -46,19 +104,29 @@ class DecodeOptions:
 
     def metadata(self) -> dict[str, str]:
         return {"exif_transpose": str(self.exif_transpose).lower(), "max_pixels": str(self.max_pixels),
-                "max_file_mb": str(self.max_file_mb), "scaled_decode": str(self.scaled_decode).lower()}
+                "max_file_mb": str(self.max_file_mb), "scaled_decode": str(self.scaled_decode).lower(),
+                **self.resize.metadata(), "decoder": self.decoder, "preset": self.preset or "none"}
 
 
 JPEG_RATIOS = (1, 2, 4, 8)
 
 
-def _jpeg_scale(header: headers.Header, target_side: int) -> tf.Tensor:
+def _jpeg_scale(header: headers.Header, target_side: float) -> tf.Tensor:
     """Index into JPEG_RATIOS of the largest DCT scale-down that still leaves the image's short
-    side at least the model's long side, so the final antialiased resize only ever shrinks (and
+    side at least `target_side` (`scale_target`), so the final resize only ever shrinks (and
     EXIF turns cannot matter). A 12 MP photo for a 224x224 model decodes at 500x375: a 64th of
     the pixels, a fraction of the time."""
-    short_side = tf.minimum(header.width, header.height)
+    short_side = tf.cast(tf.minimum(header.width, header.height), tf.float32)
     return tf.add_n([tf.cast(short_side >= ratio * target_side, tf.int32) for ratio in JPEG_RATIOS[1:]])
+
+
+def scale_target(spec: InputSpec, resize: Resize) -> float:
+    """The short side a scaled JPEG decode must keep: the model's long side over the crop
+    fraction. Every mode's box then still holds at least the model's size in pixels: stretch
+    and crop keep F times a side at least as long as the short side, each box side covering the
+    model side it becomes; pad scales the whole image, whose sides are all at least the model's
+    long side."""
+    return max(spec.image_size) / resize.crop_fraction
 
 
 # EXIF orientation 1..8: how the stored pixels were turned, undone in this order, as Pillow's
@@ -89,7 +157,7 @@ class Decoder:
 
     name: str
     takes: Callable[[headers.Header, DecodeOptions], tf.Tensor]  # bool scalar
-    decode: Callable[[tf.Tensor, headers.Header, DecodeOptions, int], tf.Tensor]  # data, header, options, model side
+    decode: Callable[[tf.Tensor, headers.Header, DecodeOptions, float], tf.Tensor]  # data, header, options, scale_target
 
 
 def _jpeg(data, header, options, target_side):
@@ -181,7 +249,7 @@ CHECKS = (
 )
 
 
-def _channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
+def to_channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
     """Gray, gray+alpha, RGB or RGBA as the model's 1 or 3 channels. Alpha is dropped, as
     Pillow's convert("RGB") does; colour becomes gray by the same ITU-R 601 luma for every format
     (gray pixels stay exactly as they are)."""
@@ -192,46 +260,120 @@ def _channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
     return result
 
 
+def _keras_pixels(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
+    """As `keras.utils.image_dataset_from_directory` decodes: decode_image into the model's
+    channels (the decoder's own colour conversion), first frame, never at reduced scale; turned
+    by EXIF only when --exif-transpose is given explicitly."""
+    image = tf.io.decode_image(data, channels=spec.channels, expand_animations=False)
+    if options.exif_transpose:
+        image = tf.cond(header.format == headers.JPEG,
+                        lambda: _upright(image, headers.exif_orientation(data)), lambda: image)
+    image.set_shape((None, None, spec.channels))
+    return image
+
+
 def pixels(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
     """The file's pixels by the first decoder in DECODERS that takes it: one switch, so that each
     file pays for its own format's work only (in tf.data every cond is a function call per
     file, tens of microseconds, a fair share of a small PNG)."""
+    if options.decoder == "keras":
+        return _keras_pixels(data, header, spec, options)
     branch = tf.argmax(tf.stack([decoder.takes(header, options) for decoder in DECODERS]), output_type=tf.int32)
-    target_side = max(spec.image_size)
+    target_side = scale_target(spec, options.resize)
     return tf.switch_case(branch, [lambda decoder=decoder: decoder.decode(data, header, options, target_side)
                                    for decoder in DECODERS])
 
 
 def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
-    """Encoded bytes to one model input, shaped and typed as the signature wants.
+    """Encoded bytes to one model input, shaped and typed as the signature wants."""
+    return _decode(data, headers.read_header(data), spec, options)
 
-    The CHECKS run before the decoder (control dependencies), so a decompression bomb costs a
-    header read and never its pixels; a failed check drops the file like a decode error and
-    `diagnose` names the reason.
-    """
+
+def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:
+    """`decode`, and what the file says of itself, where its bytes already are: the stored size
+    from the header (0 when unknown) and a 64-bit fingerprint of the bytes (FarmHash, as
+    tf.fingerprint computes it), for the `width`, `height` and `content_hash` columns."""
     header = headers.read_header(data)
+    facts = {"width": tf.cast(header.width, tf.int32), "height": tf.cast(header.height, tf.int32),
+             "content_hash": tf.fingerprint(data[None])[0]}
+    return _decode(data, header, spec, options), facts
+
+
+def _decode(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
+    data = checked(data, header, spec, options)
+    if spec.encoded:
+        return data
+    return model_input(pixels(data, header, spec, options), spec, options.resize)
+
+
+def checked(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
+    """The bytes, only once the CHECKS pass (control dependencies), so a decompression bomb costs
+    a header read and never its pixels; a failed check drops the file like a decode error and
+    `diagnose` names the reason."""
     acceptable = tf.reduce_all(tf.stack([check.passes(header, spec, options) for check in CHECKS]))
     # Strings only: with other data, tf.debugging.Assert wraps itself in a cond, a call per file.
     with tf.control_dependencies([tf.debugging.Assert(acceptable, ["header check failed"])]):
-        data = tf.identity(data)
-    if spec.encoded:
-        return data
-    return model_input(pixels(data, header, spec, options), spec)
+        return tf.identity(data)
 
 
-def model_input(image: tf.Tensor, spec: InputSpec) -> tf.Tensor:
+def model_input(image: tf.Tensor, spec: InputSpec, resize: Resize = Resize()) -> tf.Tensor:
     """Upright pixels as stored ([height, width, 1 to 4] uint8) to one model input: the model's
-    channels, its size, its dtype and pixel scaling. Every decoder's pixels come through here.
-    Resizing is bilinear with antialiasing, so large photos are not aliased when shrunk."""
-    image = _channels(image, spec.channels)
-    height, width = spec.image_size
-    resized = tf.cond(tf.reduce_all(tf.shape(image)[:2] == (height, width)),  # exact, and saves the resize
-                      lambda: tf.cast(image, tf.float32),
-                      lambda: tf.image.resize(image, (height, width), antialias=True))
-    resized.set_shape((height, width, spec.channels))
+    channels, its size (`resized`), its dtype and pixel scaling (`scaled`). Every decoder's
+    pixels come through here."""
+    return scaled(resized(to_channels(image, spec.channels), spec.image_size, resize), spec)
+
+
+def _box(height, width, target: tuple[int, int], resize: Resize):
+    """(top, left, box height, box width) of the centred box that becomes the model input, in
+    int32, computed in float32 as Keras computes its crop (so --preset keras matches it)."""
+    target_height, target_width = target
+    if resize.mode == "crop":
+        box_height = tf.cast(tf.cast(width * target_height, tf.float32) / target_width, tf.int32)
+        box_height = tf.maximum(tf.minimum(height, box_height), 1)
+        box_width = tf.cast(tf.cast(height * target_width, tf.float32) / target_height, tf.int32)
+        box_width = tf.maximum(tf.minimum(width, box_width), 1)
+    else:
+        box_height, box_width = height, width
+    if resize.crop_fraction != 1.0:
+        fraction = tf.constant(resize.crop_fraction, tf.float32)
+        box_height = tf.maximum(tf.cast(tf.floor(fraction * tf.cast(box_height, tf.float32)), tf.int32), 1)
+        box_width = tf.maximum(tf.cast(tf.floor(fraction * tf.cast(box_width, tf.float32)), tf.int32), 1)
+    top = tf.cast(tf.cast(height - box_height, tf.float32) / 2, tf.int32)
+    left = tf.cast(tf.cast(width - box_width, tf.float32) / 2, tf.int32)
+    return top, left, box_height, box_width
+
+
+def resized(image: tf.Tensor, size: tuple[int, int], resize: Resize = Resize()) -> tf.Tensor:
+    """[height, width, channels] pixels to float32 at `size` by `resize` (see `Resize`); values
+    are not clipped, so bicubic and lanczos3 may overshoot 0..255 as they do in Keras. An image
+    (or box) that already has the size skips the resize and keeps its pixels, which is exactly
+    what any of the filters would give."""
+    height, width = size
+    channels = image.shape[-1]
+    shape = tf.shape(image)
+    if resize.mode == "pad":
+        result = tf.cond(
+            tf.reduce_all(shape[:2] == (height, width)), lambda: tf.cast(image, tf.float32),
+            lambda: tf.cast(tf.image.resize_with_pad(image, height, width, method=resize.interpolation,
+                                                     antialias=resize.antialias), tf.float32))
+    else:
+        if resize.mode == "crop" or resize.crop_fraction != 1.0:
+            top, left, box_height, box_width = _box(shape[0], shape[1], size, resize)
+            image = image[top:top + box_height, left:left + box_width]
+        result = tf.cond(
+            tf.reduce_all(tf.shape(image)[:2] == (height, width)), lambda: tf.cast(image, tf.float32),
+            lambda: tf.cast(tf.image.resize(image, (height, width), method=resize.interpolation,
+                                            antialias=resize.antialias), tf.float32))
+    result.set_shape((height, width, channels))
+    return result
+
+
+def scaled(pixels: tf.Tensor, spec: InputSpec) -> tf.Tensor:
+    """Resized float pixels 0..255 in the signature's dtype and pixel scaling: uint8 models get
+    them rounded and clipped, float models scaled by --preprocess."""
     if spec.dtype == tf.uint8 and spec.preprocess == "raw":
-        return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
-    return tf.cast(preprocess(resized, spec.preprocess), spec.dtype)
+        return tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8)
+    return tf.cast(preprocess(pixels, spec.preprocess), spec.dtype)
 
 
 def unread_reason(item: ListedFile, options: DecodeOptions) -> str | None:
@@ -239,7 +381,7 @@ def unread_reason(item: ListedFile, options: DecodeOptions) -> str | None:
     over --max-file-mb (tf.io.read_file would read all of it into memory)."""
     if item.problem is not None:
         return item.problem
-    if item.size > options.max_file_bytes:
+    if item.size is not None and item.size > options.max_file_bytes:  # unknown for URLs in a manifest
         return f"too-large: {math.ceil(item.size / 2**20)} MB file"
     return None
 
@@ -340,8 +482,8 @@ def diagnose_data(data: tf.Tensor | bytes, spec: InputSpec, options: DecodeOptio
 class ModelInputs:
     """`model_input` for pixels from the fallback, traced once for any size and channel count."""
 
-    def __init__(self, spec: InputSpec):
-        self.function = tf.function(lambda image: model_input(image, spec),
+    def __init__(self, spec: InputSpec, resize: Resize = Resize()):
+        self.function = tf.function(lambda image: model_input(image, spec, resize),
                                     input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
 
     def __call__(self, images: list[np.ndarray]) -> tf.Tensor:

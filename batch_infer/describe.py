@@ -1,64 +1,161 @@
-"""`batch-infer inspect`: every signature of a model, and what `run` would choose with the given
-options, or the sentence it would stop with."""
+"""`batch-infer inspect`: every signature of a SavedModel (or a Keras file's input, outputs and
+the layers that can serve as embeddings), and what `run` would choose with the given options, or
+the sentence it would stop with."""
 
 from __future__ import annotations
 
 from .config import ConfigError
+from .decoding import DecodeOptions, Resize
 from .heads import Classification
 from .labels import find_labels_file, read_labels
-from .model import TensorInfo, load_saved_model, model_for, signature_inputs, signature_outputs
+from .model import (PENULTIMATE, TensorInfo, embedding_layers, final_dense, is_keras_file,
+                    keras_inputs, keras_outputs, load_keras_model, load_saved_model, model_for,
+                    read_keras_file, signature_inputs, signature_outputs)
+from .scorer import check_resize_applies
+
+# What a SavedModel without a features output needs: it keeps no layers to cut at, so the
+# features must be exported as an output of their own.
+EXPORT_FEATURES = """\
+a SavedModel keeps no usable layers, so export one that returns the features too, e.g.:
+    both = keras.Model(model.inputs, {"probs": model.output, "features": model.layers[-2].output})
+    both.export("DIR")  # then: batch-infer run --model DIR --embedding-key features
+or pass the Keras file itself with --embedding-layer NAME."""
+
+
+SHOWN_MAPS = 5  # a backbone has a hundred feature-map layers; the text shows the last few
 
 
 def describe(path: str, signature: str = "serving_default", input_key: str | None = None,
              output_key: str | None = None, image_size: tuple[int, int] | None = None,
-             preprocess: str = "raw") -> dict:
+             preprocess: str = "raw", resize: Resize = Resize(), preset: str | None = None) -> dict:
+    if is_keras_file(path):
+        return _describe_keras(path, input_key, output_key, image_size, preprocess, resize, preset)
     loaded = load_saved_model(path)
     signatures = {
         name: {"inputs": [vars(info) for info in signature_inputs(function)],
                "outputs": [vars(info) for info in signature_outputs(function)]}
         for name, function in sorted(loaded.signatures.items())
     }
-    labels_file = find_labels_file(path, None)
-    result = {"model": path, "signatures": signatures,
-              "labels": {"file": labels_file, "count": len(read_labels(labels_file))} if labels_file else None}
+    result = {"model": path, "format": "saved_model", "signatures": signatures, "labels": _labels(path)}
     try:
         model = model_for(loaded, path, signature, input_key, image_size, preprocess)
-        head = Classification.for_model(model, output_key)
     except ConfigError as error:
-        return {**result, "run": None, "problem": str(error)}
+        return {**result, "run": None, "problem": str(error), "embedding_outputs": []}
+    return _with_run(result, model, output_key, resize, preset)
+
+
+def _describe_keras(path: str, input_key: str | None, output_key: str | None,
+                    image_size: tuple[int, int] | None, preprocess: str, resize: Resize,
+                    preset: str | None) -> dict:
+    keras_model = read_keras_file(path)
+    try:
+        dense = final_dense(keras_model).name
+    except ConfigError:
+        dense = None
+    result = {"model": path, "format": "keras",
+              "inputs": [vars(info) for info in keras_inputs(keras_model)],
+              "outputs": [vars(TensorInfo(name, info.dtype, info.shape))
+                          for name, info in ((name, _info(name, tensor))
+                                             for name, tensor in keras_outputs(keras_model).items())],
+              "embedding_layers": [vars(info) for info in embedding_layers(keras_model)],
+              "penultimate": dense, "labels": _labels(path)}
+    try:
+        model = load_keras_model(path, input_key, image_size, preprocess)
+    except ConfigError as error:
+        return {**result, "run": None, "problem": str(error), "embedding_outputs": []}
+    return _with_run(result, model, output_key, resize, preset)
+
+
+def _info(name: str, tensor) -> TensorInfo:
+    from .model import _keras_info
+
+    return _keras_info(name, tensor)
+
+
+def _labels(path: str) -> dict | None:
+    labels_file = find_labels_file(path, None)
+    return {"file": labels_file, "count": len(read_labels(labels_file))} if labels_file else None
+
+
+def _with_run(result: dict, model, output_key: str | None, resize: Resize, preset: str | None) -> dict:
+    """What run would choose: the feeding, the class scores, and the outputs that could be
+    written as embeddings (the [batch, D] float outputs other than the class scores)."""
     spec = model.spec
+    try:
+        head = Classification.for_model(model, output_key)
+        check_resize_applies(model, DecodeOptions(1, 1, True, True, resize, preset=preset))
+    except ConfigError as error:
+        head, problem = None, str(error)
+    result["embedding_outputs"] = [vars(info) for info in model.outputs
+                                   if info.is_vector and (head is None or info.name != head.output_key)]
     result["run"] = {
-        "signature": model.signature, "input_key": model.input_key, "output_key": head.output_key,
+        "signature": model.signature, "input_key": model.input_key,
         "input": "encoded image bytes" if spec.encoded else "pixels",
         "image_size": None if spec.encoded else f"{spec.image_size[0]}x{spec.image_size[1]}",
         "channels": spec.channels, "input_dtype": spec.dtype.name, "preprocess": spec.preprocess,
-        "num_classes": head.num_classes, "activation": head.activation,
-        "activation_reason": head.activation_reason,
+        "resize": None if spec.encoded else {
+            "mode": resize.mode, "crop_fraction": resize.crop_fraction,
+            "interpolation": resize.interpolation, "antialias": resize.antialias,
+            "description": resize.describe()},
+        "preset": preset,
     }
+    if head is None:
+        return {**result, "problem": problem}
+    result["run"].update({"output_key": head.output_key, "num_classes": head.num_classes,
+                          "activation": head.activation, "activation_reason": head.activation_reason})
     return result
 
 
 def format_description(info: dict) -> str:
-    lines = [f"SavedModel {info['model']}", ""]
-    for name, signature in info["signatures"].items():
-        lines.append(f"signature {name!r}")
-        for kind in ("inputs", "outputs"):
-            lines += [f"  {kind[:-1]:<6} {TensorInfo(**tensor).describe()}" for tensor in signature[kind]]
+    if info["format"] == "keras":
+        lines = [f"Keras model {info['model']}", ""]
+        lines += [f"input  {TensorInfo(**tensor).describe()}" for tensor in info["inputs"]]
+        lines += [f"output {TensorInfo(**tensor).describe()}" for tensor in info["outputs"]]
+        lines += ["", "layers that can serve as embeddings (--embedding-layer NAME):"]
+        layers = [TensorInfo(**tensor) for tensor in info["embedding_layers"]]
+        maps = [layer for layer in layers if len(layer.shape) > 2]
+        shown = [layer for layer in layers if len(layer.shape) == 2 or layer in maps[-SHOWN_MAPS:]]
+        if len(maps) > SHOWN_MAPS:
+            lines.append(f"  ... {len(maps) - SHOWN_MAPS} earlier feature maps (--json lists every layer)")
+        for layer in shown:
+            pooled = f" (averaged to [batch, {layer.shape[-1]}])" if len(layer.shape) > 2 else ""
+            lines.append(f"  {layer.describe()}{pooled}")
+        if info["penultimate"]:
+            lines.append(f"  {PENULTIMATE}: the input of the final Dense layer {info['penultimate']!r}")
+    else:
+        lines = [f"SavedModel {info['model']}", ""]
+        for name, signature in info["signatures"].items():
+            lines.append(f"signature {name!r}")
+            for kind in ("inputs", "outputs"):
+                lines += [f"  {kind[:-1]:<6} {TensorInfo(**tensor).describe()}" for tensor in signature[kind]]
     lines.append("")
     chosen = info["run"]
-    if chosen is None:
-        lines.append(f"run would stop: {info['problem']}")
-    else:
+    if chosen is not None:
         lines.append("run would use:")
         size = chosen["image_size"] or "(the model decodes the bytes itself)"
-        rows = [
-            ("signature", chosen["signature"]), ("input key", chosen["input_key"]),
+        rows = ([("signature", chosen["signature"])] if chosen["signature"] else []) + [
+            ("input key", chosen["input_key"]),
             ("input", f"{chosen['input']}, {chosen['input_dtype']}"), ("image size", size),
-            ("channels", chosen["channels"] or "-"), ("preprocess", chosen["preprocess"]),
-            ("output key", f"{chosen['output_key']} ({chosen['num_classes']} classes)"),
-            ("activation", f"{chosen['activation']} ({chosen['activation_reason']})"),
+            ("channels", chosen["channels"] or "-"),
         ]
+        if chosen["resize"] is not None:
+            rows.append(("resize", chosen["resize"]["description"]))
+        rows.append(("preprocess", chosen["preprocess"]))
+        if "output_key" in chosen:
+            rows += [("output key", f"{chosen['output_key']} ({chosen['num_classes']} classes)"),
+                     ("activation", f"{chosen['activation']} ({chosen['activation_reason']})")]
+        if chosen["preset"]:
+            rows.append(("preset", chosen["preset"]))
         lines += [f"  {key:<11} {value}" for key, value in rows]
+    if "problem" in info:
+        lines.append(f"run would stop: {info['problem']}")
+    if chosen is not None:
+        candidates = [TensorInfo(**tensor) for tensor in info["embedding_outputs"]]
+        if candidates:
+            lines += ["embedding outputs (--embedding-key KEY, or --task embed):"]
+            lines += [f"  {tensor.describe()}" for tensor in candidates]
+        elif info["format"] == "saved_model":
+            lines.append("embeddings: no other output is a [batch, D] vector; " + EXPORT_FEATURES)
     labels = info["labels"]
     lines.append("labels: " + (f"{labels['file']} ({labels['count']} labels)" if labels
                                else "none found next to the model; rows show class indices (use --labels FILE)"))

@@ -12,13 +12,16 @@ SHIPPED_NAMES = ("labels.txt", os.path.join("assets", "labels.txt"))
 
 
 def find_labels_file(model: str, given: str | None) -> str | None:
+    """--labels, else labels.txt in a SavedModel directory or its assets/, or, for a Keras file
+    x.keras, x.labels.txt or labels.txt beside it."""
     if given is not None:
         return given
-    for name in SHIPPED_NAMES:
-        candidate = os.path.join(model, name)
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+    if os.path.isfile(model):
+        stem = os.path.splitext(model)[0]
+        candidates = [stem + ".labels.txt", os.path.join(os.path.dirname(model), "labels.txt")]
+    else:
+        candidates = [os.path.join(model, name) for name in SHIPPED_NAMES]
+    return next((candidate for candidate in candidates if os.path.isfile(candidate)), None)
 
 
 def read_labels(path: str) -> list[str]:

@@ -1,8 +1,11 @@
-"""Finding the image files under an input root, and splitting them into shards.
+"""Finding the files to score, under an input root or in a manifest, and splitting them into
+shards; and the columns the listing adds to every row (file size and modification time, and
+the manifest columns asked for with --keep-columns).
 
 Listing works on bytes so that any file name the OS allows can be opened; the `path` shown to
 users is the relative name as UTF-8 text, `/`-separated. An s3://, gs://... root is listed through
-`storage`, with the same sorting and the same `path` values.
+`storage`, with the same sorting and the same `path` values. A manifest's paths are shown as the
+manifest has them, in its order.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import pyarrow as pa
 
 from . import storage
+from .config import MANIFEST_SUFFIXES, ConfigError
 from .progress import log
 
 
@@ -21,7 +27,38 @@ class ListedFile:
     path: str  # relative to the input root, `/`-separated, as written to the `path` column
     fs_path: bytes  # absolute path to open, or the object's URL
     problem: str | None = None  # set when the entry must become an error row without being read
-    size: int = 0  # bytes, from the listing's stat, so oversized files are refused unread
+    size: int | None = 0  # bytes, from the listing's stat, so oversized files are refused unread
+    mtime_ns: int | None = None  # modification time, so a file changed since its row is scored again
+    row: int = 0  # the manifest row it came from
+
+
+LISTED_FIELDS = [pa.field("file_size", pa.int64()), pa.field("file_mtime", pa.timestamp("ns", tz="UTC"))]
+
+
+@dataclass
+class Listing:
+    """The files to score, and the columns the listing adds to each of their rows."""
+
+    items: list[ListedFile]
+    kept: pa.Table = field(default_factory=lambda: pa.table({}))  # manifest columns, one row per manifest row
+
+    @property
+    def fields(self) -> list[pa.Field]:
+        return LISTED_FIELDS + list(self.kept.schema)
+
+    def columns(self, items: list[ListedFile]) -> list[pa.Array]:
+        """The listing's columns for `items`, in the order of `fields`."""
+        kept = self.kept.take(pa.array([item.row for item in items], pa.int64())) if self.kept.num_columns else None
+        return [pa.array([item.size if item.problem is None else None for item in items], pa.int64()),
+                pa.array([item.mtime_ns for item in items], pa.int64()).cast(LISTED_FIELDS[1].type),
+                *(kept.columns if kept is not None else [])]
+
+    def annotate(self, table: pa.Table, by_path: dict[str, ListedFile]) -> pa.Table:
+        """`table` (path, status, error, ...) with the listing's columns after `error`."""
+        items = [by_path[path] for path in table.column("path").to_pylist()]
+        for offset, (field_, column) in enumerate(zip(self.fields, self.columns(items))):
+            table = table.add_column(3 + offset, field_, column)
+        return table
 
 
 def display_path(relative: bytes) -> str:
@@ -72,8 +109,8 @@ def _list_objects(root: str, extensions: tuple[str, ...], recursive: bool) -> li
     """Objects under a URL prefix whose extension matches, sorted by key. An object store has no
     symlinks, pipes or devices, so every match is a file to read."""
     suffixes = tuple("." + ext.lower() for ext in extensions)
-    found = [ListedFile(relative, storage.join(root, relative).encode(), size=size)
-             for relative, size in storage.list_files(root, recursive)
+    found = [ListedFile(relative, storage.join(root, relative).encode(), size=size, mtime_ns=modified)
+             for relative, size, modified in storage.list_files(root, recursive)
              if relative.lower().endswith(suffixes)]
     found.sort(key=lambda item: item.fs_path)
     return found
@@ -94,7 +131,7 @@ def _listed(path: str, entry: os.DirEntry, real_root: bytes) -> ListedFile | Non
         return None
     if not stat.S_ISREG(info.st_mode):
         return ListedFile(path, entry.path, "read: not a regular file")
-    return ListedFile(path, entry.path, size=info.st_size)
+    return ListedFile(path, entry.path, size=info.st_size, mtime_ns=info.st_mtime_ns)
 
 
 def shard_of(path: str, count: int) -> int:
@@ -108,3 +145,76 @@ def in_shard(files: list[ListedFile], shard: tuple[int, int]) -> list[ListedFile
     if count == 1:
         return files
     return [item for item in files if shard_of(item.path, count) == index]
+
+
+def is_manifest(path: str) -> bool:
+    return path.lower().endswith(MANIFEST_SUFFIXES)
+
+
+def list_input(input: str, extensions: tuple[str, ...], recursive: bool, path_column: str = "path",
+               keep_columns: tuple[str, ...] = ()) -> Listing:
+    if is_manifest(input):
+        return list_manifest(input, path_column, keep_columns)
+    return Listing(list_images(input, extensions, recursive))
+
+
+def read_manifest(path: str) -> pa.Table:
+    """The manifest as a table, with the types its format gives (CSV and JSON types inferred)."""
+    import pyarrow.csv
+    import pyarrow.json
+    import pyarrow.parquet
+
+    lower = path.lower()
+    try:
+        if lower.endswith(".txt"):
+            with open(path, encoding="utf-8") as handle:
+                return pa.table({"path": [line.rstrip("\r\n") for line in handle if line.strip()]})
+        if lower.endswith(".parquet"):
+            return pyarrow.parquet.read_table(path)
+        if lower.endswith(".jsonl"):
+            return pyarrow.json.read_json(path)
+        delimiter = "\t" if lower.endswith(".tsv") else ","
+        return pyarrow.csv.read_csv(path, parse_options=pyarrow.csv.ParseOptions(delimiter=delimiter))
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as error:
+        raise ConfigError(f"Manifest {path} could not be read ({str(error).splitlines()[0]}); give a "
+                          "CSV, TSV, Parquet, JSON-lines or text file of paths.") from None
+
+
+def list_manifest(manifest: str, path_column: str, keep_columns: tuple[str, ...]) -> Listing:
+    """The files a manifest names, in its order. Relative paths resolve against the manifest's
+    folder; URLs and absolute paths are taken as they are. A path listed twice is scored once."""
+    table = read_manifest(manifest)
+    column = "path" if manifest.lower().endswith(".txt") else path_column
+    missing = [name for name in (column, *keep_columns) if name not in table.column_names]
+    if missing:
+        raise ConfigError(f"Manifest {manifest} has no column {', '.join(missing)}; its columns are "
+                          f"{', '.join(table.column_names)}. Choose them with --path-column and --keep-columns.")
+    if not pa.types.is_string(table.schema.field(column).type):
+        table = table.set_column(table.column_names.index(column), column, table.column(column).cast(pa.string()))
+    base = os.path.dirname(os.path.abspath(manifest))
+    found, seen, duplicates = [], set(), []
+    for row, path in enumerate(table.column(column).to_pylist()):
+        if not path:
+            continue
+        if path in seen:
+            duplicates.append(path)
+            continue
+        seen.add(path)
+        found.append(_manifest_entry(row, path, base))
+    if duplicates:
+        log.warning("%d path(s) are listed more than once in %s and are scored once (first: %s)",
+                    len(duplicates), manifest, duplicates[0])
+    return Listing(found, table.select(list(keep_columns)))
+
+
+def _manifest_entry(row: int, path: str, base: str) -> ListedFile:
+    if storage.is_url(path):
+        return ListedFile(path, path.encode(), size=None, row=row)
+    location = os.fsencode(path if os.path.isabs(path) else os.path.join(base, path))
+    try:
+        info = os.stat(location)
+    except OSError as error:
+        return ListedFile(path, location, f"read: {error.strerror or error}", row=row)
+    if not stat.S_ISREG(info.st_mode):
+        return ListedFile(path, location, "read: not a regular file", row=row)
+    return ListedFile(path, location, size=info.st_size, mtime_ns=info.st_mtime_ns, row=row)

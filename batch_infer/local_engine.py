@@ -47,25 +47,25 @@ class LocalEngine:
                           self.threads)
         size = self.config.batch_size
         jobs = itertools.chain(_with_gaps(graph, decoded, size),
-                               ((direct[start:start + size], NOTHING, None) for start in range(0, len(direct), size)))
+                               ((direct[start:start + size], NOTHING, None, None, {}) for start in range(0, len(direct), size)))
         for _, table in parallel.in_order(lambda job: self.scorer.rows(*job), jobs, self.threads.streams):
             yield table
 
 
-def _with_gaps(readable: list[ListedFile], decoded, batch_size: int
-               ) -> Iterator[tuple[list[ListedFile], np.ndarray, object]]:
-    """(files, positions among them that decoded, their images) per batch: the files a batch
+def _with_gaps(readable: list[ListedFile], decoded, batch_size: int) -> Iterator[tuple]:
+    """(files, positions among them that decoded, their images, None: no bytes at hand, their
+    facts) per batch: the files a batch
     covers run from the one after the previous batch to its last, so files that dropped out of
     decoding are in the batch after them. A run of more than `batch_size` such files (a folder
     of TIFFs, which the Pillow fallback decodes) comes first in jobs of its own, `batch_size`
     files each, so that they are decoded on every stream and committed as they go."""
     next_index = 0
-    for indices, images in decoded:
+    for indices, images, facts in decoded:
         first, end = int(indices[0]), int(indices[-1]) + 1
         while first - next_index > batch_size:
-            yield readable[next_index:next_index + batch_size], NOTHING, None
+            yield readable[next_index:next_index + batch_size], NOTHING, None, None, {}
             next_index += batch_size
-        yield readable[next_index:end], indices - next_index, images
+        yield readable[next_index:end], indices - next_index, images, None, facts
         next_index = end
     for start in range(next_index, len(readable), batch_size):
-        yield readable[start:start + batch_size], NOTHING, None
+        yield readable[start:start + batch_size], NOTHING, None, None, {}

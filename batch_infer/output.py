@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
+from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Iterator
 
 import pyarrow as pa
@@ -66,9 +68,30 @@ def read_parts(output: str, columns: list[str]) -> tuple[pa.Table, list[dict[str
     return pa.concat_tables(tables), metadata
 
 
-def scored_paths(output: str) -> set[str]:
-    """Paths already committed in OUT; reads only the `path` column of each part."""
-    done: set[str] = set()
-    for table, _ in iter_parts(output, ["path"]):
-        done.update(table.column("path").to_pylist())
-    return done
+@dataclass
+class Committed:
+    """What OUT holds already: its parts, their metadata, and for each path the file size and
+    modification time its row was scored at (None in parts written before they were recorded)
+    and the index of the part holding it."""
+
+    parts: list[str] = field(default_factory=list)
+    filesystem: object = None
+    metadata: list[dict[str, str]] = field(default_factory=list)
+    rows: dict[str, tuple[int | None, int | None, int]] = field(default_factory=dict)
+
+
+def committed(output: str) -> Committed:
+    """Reads only the path, file_size and file_mtime columns of each part, one part at a time."""
+    parts, filesystem = part_files(output)
+    found = Committed(parts, filesystem)
+    for index, part in enumerate(parts):
+        schema = pq.read_schema(part, filesystem=filesystem)
+        listed = [name for name in ("file_size", "file_mtime") if name in schema.names]
+        table = pq.read_table(part, columns=["path", *listed], filesystem=filesystem)
+        unknown = [None] * table.num_rows
+        sizes = table.column("file_size").to_pylist() if "file_size" in listed else unknown
+        mtimes = (table.column("file_mtime").cast(pa.int64()).to_pylist() if "file_mtime" in listed
+                  else unknown)
+        found.rows.update(zip(table.column("path").to_pylist(), zip(sizes, mtimes, repeat(index))))
+        found.metadata.append(part_metadata(schema))
+    return found

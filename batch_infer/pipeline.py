@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from . import parallel, storage
-from .decoding import DecodeOptions, decode
+from .decoding import DecodeOptions, decode_with_facts
 from .listing import ListedFile
 from .model import InputSpec
 from .tf_import import tf
@@ -21,7 +21,8 @@ from .tf_import import tf
 
 def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
             plan: parallel.ThreadPlan | None = None) -> Iterator[tuple[np.ndarray, tf.Tensor]]:
-    """Yields (file indices, batch of model inputs) in file order; failed files leave gaps.
+    """Yields (file indices, batch of model inputs, the files' facts as arrays by name, see
+    `decoding.decode_with_facts`) in file order; failed files leave gaps.
 
     `plan` (by default the CPU plan for this machine) sets the decode threads, and how many
     batches wait ready: one per model stream, and one more.
@@ -33,12 +34,12 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
     """
 
     def load(index, path):
-        return index, decode(tf.io.read_file(path), spec, options)
+        return (index, *decode_with_facts(tf.io.read_file(path), spec, options))
 
     plan = plan or parallel.plan_for("cpu", parallel.usable_cores())
     if files and storage.is_url(files[0].fs_path):
         dataset = (_fetched(files)
-                   .map(lambda index, data: (index, decode(data, spec, options)),
+                   .map(lambda index, data: (index, *decode_with_facts(data, spec, options)),
                         num_parallel_calls=plan.decode, deterministic=True))
     else:
         indices = np.arange(len(files), dtype=np.int64)
@@ -51,8 +52,8 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
     threading.threading.max_intra_op_parallelism = 1
     dataset = (dataset.ignore_errors().batch(batch_size).prefetch(plan.streams + 1)
                .with_options(threading))
-    for index_batch, images in dataset:
-        yield index_batch.numpy(), images
+    for index_batch, images, facts in dataset:
+        yield index_batch.numpy(), images, {name: value.numpy() for name, value in facts.items()}
 
 
 def _fetched(files: list[ListedFile]) -> tf.data.Dataset:
@@ -75,20 +76,22 @@ class BytesDecoder:
     more than decoding it. Files decode on a pool of threads, as TensorFlow releases the GIL."""
 
     def __init__(self, spec: InputSpec, options: DecodeOptions, threads: int | None = None):
-        self.function = tf.function(lambda data: decode(data, spec, options),
+        self.function = tf.function(lambda data: decode_with_facts(data, spec, options),
                                     input_signature=[tf.TensorSpec([], tf.string)])
         self.pool = ThreadPoolExecutor(threads or parallel.usable_cores())
 
-    def __call__(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None]:
-        """(positions that decoded, their model inputs as one batch); failed files leave gaps,
-        as in `batches`, and `diagnose_data` says why."""
-        images = list(self.pool.map(self._one, files))
-        positions = np.array([i for i, image in enumerate(images) if image is not None], np.int64)
+    def __call__(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
+        """(positions that decoded, their model inputs as one batch, their facts by name);
+        failed files leave gaps, as in `batches`, and `diagnose_data` says why."""
+        decoded = list(self.pool.map(self._one, files))
+        positions = np.array([i for i, one in enumerate(decoded) if one is not None], np.int64)
         if not len(positions):
-            return positions, None
-        return positions, tf.stack([image for image in images if image is not None])
+            return positions, None, {}
+        images, facts = zip(*(decoded[i] for i in positions))
+        return positions, tf.stack(images), {name: np.stack([one[name].numpy() for one in facts])
+                                             for name in facts[0]}
 
-    def _one(self, data: bytes) -> tf.Tensor | None:
+    def _one(self, data: bytes) -> tuple[tf.Tensor, dict] | None:
         try:
             return self.function(data)
         except tf.errors.OpError:

@@ -1,24 +1,26 @@
 """--engine ray: the same run on a Ray cluster, for more cores, machines or GPUs than one process.
 
-Ray reads the files with `read_binary_files`, which hands over bytes and leaves judging them to
-us (`read_images` stops the job at the first bad file, or silently drops whole blocks). Actors
-that each load the model once decode those bytes with the local engine's `decoding.decode` and
-call the signature through the same `Scorer` as the local engine, so a bad file gives the same
-error row on either engine. The rows come back to the driver and go through the same
+The driver hands the actors the listed files' paths; each actor, holding the model once, reads
+the files itself (a file that cannot be read is an error row, where Ray's `read_binary_files`
+would fail the whole job, and `read_images` stop at the first bad file or silently drop whole
+blocks), decodes them with the local engine's `decoding.decode` and calls the signature through
+the same `Scorer` as the local engine, so a bad file gives the same error row on either engine.
+Files in object storage are read with the same client libraries, and credentials, as the
+listing: on a cluster the workers need them too. The rows come back to the driver and go through the same
 `PartWriter` as locally: the same schema and metadata, atomic parts, commit cadence and signal
-handling. A row is about 200 bytes against the tens of kilobytes of its image, so the driver is
-never what limits a run.
+handling. A row is about 200 bytes (5 KiB more with a 1,280-d embedding) against the tens of
+kilobytes of its image, so the driver is never what limits a run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import numpy as np
 import pyarrow as pa
 
-from . import storage
 from .config import ConfigError, RunConfig
 from .listing import ListedFile
 
@@ -35,6 +37,8 @@ def connect(config: RunConfig) -> None:
 
     if not ray.is_initialized():
         address = config.ray_address or os.environ.get("RAY_ADDRESS")
+        if address and address != "auto":
+            check_reachable(address)
         extra = {} if address else {"include_dashboard": False}
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **extra)
@@ -45,6 +49,24 @@ def connect(config: RunConfig) -> None:
     if config.quiet:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     check_resources(ray.cluster_resources(), config.concurrency, config.num_gpus)
+
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str) -> None:
+    """Refuses at once an address nothing listens on: ray.init retries such an address for
+    minutes before it gives up."""
+    host_port = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    default_port = 10001 if address.startswith("ray://") else 6379
+    try:
+        socket.create_connection((host or host_port, int(port) if port.isdigit() else default_port),
+                                 timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"Could not connect to Ray at {address} ({getattr(error, 'strerror', None) or error}); "
+                          "check --ray-address (ray://HOST:10001 or HOST:6379) and that the cluster "
+                          "is up.") from None
 
 
 def check_resources(resources: dict[str, float], concurrency: int, num_gpus: float) -> None:
@@ -84,55 +106,22 @@ class RayEngine:
         """Rows for every file of `todo`, in tables as the actors return them.
 
         As locally, files the listing refused or over --max-file-mb get their error rows here,
-        unread. Ray leaves out files that vanished since the listing (ignore_missing_paths) and
-        they get read errors at the end, so every listed file still has exactly one row.
+        unread. The actors read the rest themselves, so a file that is forbidden or vanished
+        since the listing is a `read:` error row, as on the local engine, not a failed job.
         """
+        import ray.data
+
         refused, readable = self.scorer.triage(todo)
         yield refused
-        fs = storage.filesystem(self.config.input)[0] if storage.is_url(self.config.input) else None
-        unnamed: list[str] = []
-        locations: dict[str, str] = {}  # where Ray reads the file: path
-        for item in readable:
-            location = _location(item, fs)
-            if location is None:
-                unnamed.append(item.path)
-            else:
-                locations[location] = item.path
-        yield self.scorer.error_rows(unnamed, ["read: the file name is not UTF-8, which Ray cannot open"]
-                                     * len(unnamed))
-        if locations:
-            rows = scored(_read(list(locations), fs), self.config)
-            for table in rows.iter_batches(batch_format="pyarrow", batch_size=None):
-                paths = [locations.pop(location) for location in table.column("path").to_pylist()]
-                yield table.set_column(0, "path", pa.array(paths, pa.string()))
-        vanished = list(locations.values())
-        yield self.scorer.error_rows(vanished, ["read: the file disappeared after it was listed"] * len(vanished))
-
-
-def _location(item: ListedFile, fs) -> str | None:
-    """The file as Ray's reader names it (and gives it back in the `path` column): the local
-    path, or the object's path within its file system; None for a name that is not UTF-8."""
-    try:
-        location = item.fs_path.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return fs._strip_protocol(location) if fs is not None else location
-
-
-def _read(locations: list[str], fs):
-    """A Dataset of `bytes` and `path`; object stores through the same fsspec file system (and
-    so the same credentials) as the listing."""
-    import pyarrow.fs
-    from ray.data import read_binary_files
-
-    filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)) if fs is not None else None
-    return read_binary_files(locations, include_paths=True, filesystem=filesystem,
-                             ignore_missing_paths=True)
+        if readable:
+            files = ray.data.from_items([{"path": item.path, "fs_path": item.fs_path} for item in readable])
+            yield from scored(files, self.config).iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def scored(files, config: RunConfig):
-    """Rows in the output schema for a Dataset with columns `bytes` and `path`, from
-    `config.concurrency` actors holding the model, with `config.num_gpus` GPUs each."""
+    """Rows in the output schema for a Dataset with columns `path` and either `bytes` (the
+    files' contents) or `fs_path` (where to read them), from `config.concurrency` actors holding
+    the model, with `config.num_gpus` GPUs each."""
     from ray.data import ActorPoolStrategy
 
     return files.map_batches(Actor, fn_constructor_args=(config,), batch_size=config.batch_size,
@@ -154,7 +143,21 @@ class Actor:
         self.decode = BytesDecoder(self.scorer.model.spec, self.scorer.decoding)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        data = list(batch["bytes"])
-        items = [ListedFile(str(path), str(path).encode()) for path in batch["path"]]
-        decoded, images = self.decode(data)
-        return self.scorer.rows(items, decoded, images, data)
+        locations = batch.get("fs_path", batch["path"])
+        items = [ListedFile(str(path), location if isinstance(location, bytes) else str(location).encode())
+                 for path, location in zip(batch["path"], locations)]
+        data = list(batch["bytes"]) if "bytes" in batch else list(self.decode.pool.map(_read_or_none, items))
+        readable = [i for i, one in enumerate(data) if one is not None]
+        decoded, images, facts = self.decode([data[i] for i in readable])
+        return self.scorer.rows(items, [readable[j] for j in decoded], images, data, facts)
+
+
+def _read_or_none(item: ListedFile) -> bytes | None:
+    """The file's bytes; None when it cannot be read, which `Scorer.rows` then diagnoses."""
+    from .decoding import read
+    from .tf_import import tf
+
+    try:
+        return read(item).numpy()
+    except (tf.errors.OpError, OSError):
+        return None

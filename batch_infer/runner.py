@@ -1,8 +1,10 @@
-"""One run, top to bottom: list files, skip what OUT has, load the model, stream, commit, summarise."""
+"""One run, top to bottom: check OUT was scored like this run, list files, skip what OUT has,
+load the model, drop the rows of changed files, stream, commit, summarise."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import secrets
 import signal
@@ -11,14 +13,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import __version__, storage
+import pyarrow as pa
+
+from . import __version__, fingerprint, storage
 from .config import RunConfig
-from .listing import ListedFile, in_shard, list_images
+from .listing import ListedFile, in_shard, list_input
 from .lock import output_lock
 from .native_stderr import decoder_lines_logged
-from .output import scored_paths
+from .output import Committed, committed
 from .progress import Progress, log
-from .sink import PartWriter, remove_stale_temporaries
+from .sink import PartWriter, drop_rows, remove_stale_temporaries
 
 EXIT_OK, EXIT_ERROR_BUDGET = 0, 3
 # Each engine has the same two calls: prepare() -> (scorer, metadata), score(todo) -> tables.
@@ -31,6 +35,7 @@ class Summary:
     ok: int
     errors: int
     skipped: int
+    rescored: int
     output: str
     elapsed_s: float
     stopped_by: int | None = None  # the signal that ended the run early
@@ -56,7 +61,7 @@ class Summary:
 
     def as_dict(self) -> dict:
         return {"files": self.files, "ok": self.ok, "errors": self.errors, "skipped": self.skipped,
-                "output": self.output, "elapsed_s": round(self.elapsed_s, 3),
+                "rescored": self.rescored, "output": self.output, "elapsed_s": round(self.elapsed_s, 3),
                 "images_per_s": self.images_per_s, "warnings": self.warnings}
 
 
@@ -91,9 +96,27 @@ def shard_tag(config: RunConfig) -> str:
     return f"{config.shard[0]}of{config.shard[1]}"
 
 
-def files_to_score(config: RunConfig, listed: list[ListedFile]) -> list[ListedFile]:
-    done = scored_paths(config.output)
-    return [item for item in listed if item.path not in done]
+def plan(listed: list[ListedFile], found: Committed) -> tuple[list[ListedFile], set[str]]:
+    """(files to score, the paths among them whose old row must go): files OUT lacks, and files
+    whose size or modification time differ from those their row was scored at."""
+    todo, changed = [], set()
+    for item in listed:
+        recorded = found.rows.get(item.path)
+        if recorded is None:
+            todo.append(item)
+        elif _changed(item, recorded[0], recorded[1]):
+            todo.append(item)
+            changed.add(item.path)
+    return todo, changed
+
+
+def _changed(item: ListedFile, size: int | None, mtime_ns: int | None) -> bool:
+    """Compares what both sides know: a row from before sizes were recorded, or a listing that
+    cannot tell (a URL in a manifest), is taken as unchanged."""
+    if item.problem is not None or size is None:
+        return False
+    return (item.size is not None and item.size != size) or (
+        item.mtime_ns is not None and mtime_ns is not None and item.mtime_ns != mtime_ns)
 
 
 def engine_for(config: RunConfig):
@@ -103,12 +126,16 @@ def engine_for(config: RunConfig):
 
 def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summary:
     started = clock()
-    listed = in_shard(list_images(config.input, config.extensions, config.recursive), config.shard)
-    todo = files_to_score(config, listed)
+    found = committed(config.output)
+    run_fingerprint = fingerprint.check(config, found.metadata, log.warning)
+    listing = list_input(config.input, config.extensions, config.recursive, config.path_column,
+                         config.keep_columns)
+    listed = in_shard(listing.items, config.shard)
+    todo, changed = plan(listed, found)
 
     def summary(ok: int = 0, errors: int = 0, stopped_by: int | None = None,
                 warnings: int | None = 0) -> Summary:
-        return Summary(len(listed), ok, errors, len(listed) - len(todo), config.output,
+        return Summary(len(listed), ok, errors, len(listed) - len(todo), len(changed), config.output,
                        clock() - started, stopped_by, warnings)
 
     if not listed:
@@ -123,7 +150,8 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
     metadata = {"run_id": run_id, **scorer.metadata(), **placement,
                 "shard": f"{config.shard[0]}/{config.shard[1]}", "engine": config.engine,
-                "batch_infer_version": __version__, "tensorflow_version": _tensorflow_version()}
+                "batch_infer_version": __version__, "tensorflow_version": _tensorflow_version(),
+                fingerprint.METADATA_KEY: json.dumps(run_fingerprint)}
     log.info("model %s: %s", config.model, scorer.describe())
     log.info("device %s: %s", placement["device"], placement["threads"])
 
@@ -133,14 +161,21 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
     with output_lock(config.output, shard_tag(config)), StopSignals() as stop:
         if local_output:
             remove_stale_temporaries(config.output, shard_tag(config))
-        todo = files_to_score(config, listed)  # again under the lock: another run may have finished
-        writer = PartWriter(config.output, f"{shard_tag(config)}-{run_id}", scorer.schema, metadata,
+        found = committed(config.output)  # again under the lock: another run may have finished
+        fingerprint.check(config, found.metadata, log.warning)
+        todo, changed = plan(listed, found)
+        if changed:
+            log.info("%d files changed since they were scored; their rows are replaced", len(changed))
+            drop_rows(found, changed)
+        schema = pa.schema(list(scorer.schema)[:3] + listing.fields + list(scorer.schema)[3:])
+        writer = PartWriter(config.output, f"{shard_tag(config)}-{run_id}", schema, metadata,
                             max_rows=config.commit_every, clock=clock)
         progress = Progress(len(todo), config.quiet, clock=clock)
+        by_path = {item.path: item for item in todo}
         ok = errors = 0
         with decoder_lines_logged(config.log_format, config.quiet) as decoder_lines:
             for table in engine.score(todo):
-                writer.add(table)
+                writer.add(listing.annotate(table, by_path))
                 failed = table.column("status").to_pylist().count("error")
                 ok, errors = ok + table.num_rows - failed, errors + failed
                 progress.update(table.num_rows)

@@ -12,10 +12,11 @@ import pyarrow as pa
 
 from . import parallel
 from .config import RunConfig
+from .config import ConfigError
 from .decoding import PILLOW, TENSORFLOW, DecodeOptions, ModelInputs, rescue, unread_reason
-from .heads import Classification, Head
+from .heads import Classification, Embedding, FileFacts, Head, KeptOutput
 from .listing import ListedFile
-from .model import Model, load_model
+from .model import Model, is_keras_file, load_keras_model, load_model
 from .tf_import import short_error, tf
 
 BASE_FIELDS = [pa.field("path", pa.string()), pa.field("status", pa.string()),
@@ -52,17 +53,51 @@ class Rows:
         return pa.table(columns, schema=self.schema)
 
 
+def check_resize_applies(model: Model, decoding: DecodeOptions) -> None:
+    """A model that takes encoded bytes decodes and resizes them itself, so resize options and
+    the presets would change nothing: refused rather than recorded as if they had applied."""
+    if model.spec.encoded and (not decoding.resize.is_default or decoding.preset is not None):
+        raise ConfigError(f"Signature {model.signature!r} takes encoded image bytes and resizes them "
+                          "itself, so --resize, --crop-fraction, --interpolation, --antialias and "
+                          "--preset do not apply; drop them.")
+
+
+def heads_for(model: Model, config: RunConfig) -> list[Head]:
+    """The heads a run writes, in column order: classification (unless --task embed), the
+    embedding (--task embed, --embedding-key, --embedding-layer), then each --keep-output.
+
+    The class scores are chosen among the outputs no other head took, so a model with probs
+    and features outputs needs no --output-key once --embedding-key names the features; when
+    --keep-output took every candidate (a regression model), there are no class columns.
+    """
+    kept = [KeptOutput.for_model(model, key) for key in config.keep_output]
+    taken = frozenset(head.output_key for head in kept)
+    embedding = None
+    if config.task == "embed" or config.embedding_key or config.embedding_layer:
+        embedding = Embedding.for_model(model, config.embedding_key, config.normalize_embeddings, taken)
+        taken |= {embedding.output_key}
+    heads: list[Head] = []
+    if config.task == "classify":
+        without_classes = kept and config.output_key is None and not any(
+            info.is_vector and info.name not in taken for info in model.outputs)
+        if not without_classes:
+            heads.append(Classification.for_model(model, config.output_key, config.activation,
+                                                  config.labels, config.top_k, taken))
+    return heads + ([embedding] if embedding else []) + kept
+
+
 class Scorer:
     """A loaded model, its heads and the decode options: everything both engines need to turn
     decoded batches into rows in one schema."""
 
-    def __init__(self, model: Model, heads: list[Head], decoding: DecodeOptions):
+    def __init__(self, model: Model, heads: list[Head], decoding: DecodeOptions, task: str = "classify"):
         self.model = model
+        self.task = task
         self.heads = heads
         self.decoding = decoding
         self.table = Rows(heads)
         self.schema = self.table.schema
-        self.model_inputs = ModelInputs(model.spec)
+        self.model_inputs = ModelInputs(model.spec, decoding.resize)
         # Pillow releases the GIL while it decodes: one thread per core, shared by the streams,
         # so a folder of TIFFs uses every core and holds at most one decoded image per core.
         self.fallback_pool = ThreadPoolExecutor(parallel.usable_cores(), thread_name_prefix="pillow")
@@ -70,21 +105,26 @@ class Scorer:
     @classmethod
     def load(cls, config: RunConfig) -> "Scorer":
         """Loads the model and settles every choice before any file is read; ConfigError otherwise."""
-        model = load_model(config.model, config.signature, config.input_key, config.image_size,
-                           config.preprocess)
-        heads = [Classification.for_model(model, config.output_key, config.activation, config.labels,
-                                           config.top_k)]
-        return cls(model, heads, DecodeOptions.from_config(config))
+        if is_keras_file(config.model):
+            model = load_keras_model(config.model, config.input_key, config.image_size,
+                                     config.preprocess, config.embedding_layer)
+        else:
+            model = load_model(config.model, config.signature, config.input_key, config.image_size,
+                               config.preprocess)
+        decoding = DecodeOptions.from_config(config)
+        check_resize_applies(model, decoding)
+        return cls(model, heads_for(model, config) + [FileFacts()], decoding, config.task)
 
     def metadata(self) -> dict[str, str]:
-        merged = {**self.model.metadata(), **self.decoding.metadata()}
+        merged = {**self.model.metadata(), **self.decoding.metadata(), "task": self.task}
         for head in self.heads:
             merged.update(head.metadata())
         return merged
 
     def describe(self) -> str:
         """One log line: how the model is fed and what each head decided."""
-        return ", ".join([f"signature {self.model.signature}, input {self.model.spec.describe()}"]
+        called = f"signature {self.model.signature}" if self.model.signature else self.model.where
+        return ", ".join([f"{called}, input {self.model.spec.describe()}"]
                          + [head.describe() for head in self.heads])
 
     def error_rows(self, paths: list[str], reasons: list[str]) -> pa.Table:
@@ -98,9 +138,10 @@ class Scorer:
                 [item for item, reason in zip(todo, reasons) if reason is None])
 
     def rows(self, items: list[ListedFile], arrived: np.ndarray, images,
-             data: list[bytes] | None = None) -> pa.Table:
+             data: list[bytes] | None = None, facts: dict[str, np.ndarray] | None = None) -> pa.Table:
         """One row for each of `items`: those at positions `arrived` decoded into `images` (in
-        order) and are scored; the others are rescued by the Pillow fallback and scored, or
+        order) and are scored, their `facts` (see `decoding.decode_with_facts`) beside the model's
+        outputs; the others are rescued by the Pillow fallback and scored, or
         diagnosed: from `data` when the engine has each file's bytes, else by reading the file
         again."""
         arrived = [int(position) for position in arrived]
@@ -111,17 +152,20 @@ class Scorer:
         failed = [(items[i].path, reason) for i, (_, reason) in zip(missing, rescued) if reason is not None]
         tables = [self.error_rows([path for path, _ in failed], [reason for _, reason in failed])]
         if arrived:
-            tables.extend(self._scored([items[i].path for i in arrived], images, TENSORFLOW))
+            tables.extend(self._scored([items[i].path for i in arrived], images, TENSORFLOW, facts))
         decoded = [(items[i].path, pixels) for i, (pixels, _) in zip(missing, rescued) if pixels is not None]
         if decoded:
             tables.extend(self._scored([path for path, _ in decoded],
                                        self.model_inputs([pixels for _, pixels in decoded]), PILLOW))
         return pa.concat_tables(tables)
 
-    def _scored(self, paths: list[str], images, decoder: str) -> list[pa.Table]:
+    def _scored(self, paths: list[str], images, decoder: str,
+                facts: dict[str, np.ndarray] | None = None) -> list[pa.Table]:
         """Rows of one model call on `images`, one per path: ok, or the model's error."""
         outputs, failures = self._predict(images)
-        scored = [path for row, path in enumerate(paths) if row not in failures]
+        kept = [row for row in range(len(paths)) if row not in failures]
+        outputs.update({name: value[kept] for name, value in (facts or {}).items()})
+        scored = [paths[row] for row in kept]
         tables = [self.table.ok(scored, outputs, decoder)] if scored else []
         return tables + [self.error_rows([paths[row] for row in failures], list(failures.values()))]
 

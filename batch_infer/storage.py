@@ -72,8 +72,9 @@ def container_exists(url: str) -> bool:
     return fs.exists(path.split("/", 1)[0])
 
 
-def list_files(url: str, recursive: bool) -> list[tuple[str, int]]:
-    """(path relative to `url`, `/`-separated, size in bytes) of every object under it.
+def list_files(url: str, recursive: bool) -> list[tuple[str, int, int | None]]:
+    """(path relative to `url`, `/`-separated, size in bytes, last-modified in ns since the
+    epoch or None) of every object under it.
 
     The listing cache is dropped first: a run must see what other runs committed since.
     """
@@ -81,8 +82,29 @@ def list_files(url: str, recursive: bool) -> list[tuple[str, int]]:
     fs.invalidate_cache()
     prefix = root.rstrip("/") + "/"
     found = fs.find(root, maxdepth=None if recursive else 1, detail=True)
-    return [(name[len(prefix):], int(info["size"])) for name, info in found.items()
+    return [(name[len(prefix):], int(info["size"]), modified_ns(info)) for name, info in found.items()
             if info["type"] == "file" and name.startswith(prefix)]
+
+
+# Where fsspec back ends put an object's modification time: s3fs, gcsfs, local and memory.
+_MODIFIED_KEYS = ("LastModified", "updated", "mtime", "created")
+
+
+def modified_ns(info: dict) -> int | None:
+    """An object's last-modified time from its fsspec info, in ns; None when it has none."""
+    import datetime
+
+    for key in _MODIFIED_KEYS:
+        value = info.get(key)
+        if isinstance(value, str):
+            value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=datetime.timezone.utc)
+            return int(value.timestamp() * 1e6) * 1000
+        if isinstance(value, (int, float)):
+            return int(value * 1e9)
+    return None
 
 
 def read_bytes(url: str) -> bytes:

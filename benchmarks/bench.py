@@ -103,7 +103,7 @@ def scaled_decode_fidelity(runner, folder: str) -> tuple[float, float]:
     files = list_images(folder, ("jpg",))
     full = DecodeOptions(DECODING.max_pixels, DECODING.max_file_mb, DECODING.exif_transpose, False)
     psnrs, agree = [], 0
-    for (_, scaled_batch), (_, full_batch) in zip(batches(files, runner.spec, BATCH, DECODING),
+    for (_, scaled_batch, _), (_, full_batch, _) in zip(batches(files, runner.spec, BATCH, DECODING),
                                                   batches(files, runner.spec, BATCH, full)):
         a, b = scaled_batch.numpy().astype(np.float64), full_batch.numpy().astype(np.float64)
         mse = np.maximum(((a - b) ** 2).mean(axis=(1, 2, 3)), 1e-12)

@@ -82,6 +82,23 @@ def make_mobilenet() -> str:
     return path
 
 
+def make_mobilenet_features() -> str:
+    """MobileNetV2 (random weights) exported with two outputs, `probs` [batch, 1000] and the
+    pooled `features` [batch, 1280] they come from, as a classifier reused for embeddings is."""
+    path = os.path.join(ROOT, "mobilenet_v2_features")
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        import keras
+
+        keras.utils.set_random_seed(0)
+        base = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
+        both = keras.Model(base.inputs, {"probs": base.outputs[0],
+                                         "features": base.get_layer("global_average_pooling2d").output})
+        inputs = keras.Input((224, 224, 3))
+        outputs = both(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs))
+        keras.Model(inputs, outputs).export(path, verbose=False)
+    return path
+
+
 def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from batch_infer.tf_import import tf

@@ -2,6 +2,11 @@
 number of files (listing, resume set and writer buffers stay small next to TensorFlow itself).
 
     python benchmarks/memory.py    # about a minute once its corpus exists; also run by `make bench`
+    python benchmarks/memory.py --embeddings   # the same with a 1,152-d embedding per file
+
+With --embeddings the digits Keras file writes its `flatten` layer (1,152 floats, 4.5 KiB a row,
+460 MB of vectors for 100,000 files) next to the classes, so the writer's pending rows are as
+wide as a MobileNetV2 embedding's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from batch_infer.tf_import import tf  # noqa: E402
 
 ROOT = os.path.join(HERE, "corpora", "tiny")
 SAMPLE_MODEL = os.path.join(REPO, "sample_data", "digits_model")
+SAMPLE_KERAS = os.path.join(REPO, "sample_data", "digits.keras")
+EMBEDDING_FLAGS = ["--embedding-layer", "flatten"]
 
 
 def make_tiny(count: int = 100_000) -> None:
@@ -36,24 +43,30 @@ def make_tiny(count: int = 100_000) -> None:
     open(marker, "w").close()
 
 
-def peak_rss_mb(folder: str) -> float:
+def peak_rss_mb(folder: str, embeddings: bool) -> tuple[float, int, float]:
+    """(peak RSS in MB, parts written, largest part in MB)."""
     output = tempfile.mkdtemp(prefix="bench-mem-")
+    model, extra = (SAMPLE_KERAS, EMBEDDING_FLAGS) if embeddings else (SAMPLE_MODEL, [])
     try:
-        process = subprocess.Popen([sys.executable, "-m", "batch_infer", "run", "--model", SAMPLE_MODEL,
-                                    "--input", folder, "--output", output, "--quiet"],
+        process = subprocess.Popen([sys.executable, "-m", "batch_infer", "run", "--model", model,
+                                    "--input", folder, "--output", output, "--quiet", *extra],
                                    cwd=REPO, stdout=subprocess.DEVNULL)
         _, status, usage = os.wait4(process.pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        return usage.ru_maxrss / 1024
+        sizes = [entry.stat().st_size for entry in os.scandir(output) if entry.name.startswith("part-")]
+        return usage.ru_maxrss / 1024, len(sizes), max(sizes) / 2**20
     finally:
         shutil.rmtree(output)
 
 
 def main() -> None:
+    embeddings = "--embeddings" in sys.argv[1:]
     make_tiny()
-    small = peak_rss_mb(os.path.join(ROOT, "000"))
-    large = peak_rss_mb(ROOT)
-    print(f"peak RSS: 1k files {small:.0f} MB, 100k files {large:.0f} MB, ratio {large / small:.3f}")
+    small, _, _ = peak_rss_mb(os.path.join(ROOT, "000"), embeddings)
+    large, parts, largest = peak_rss_mb(ROOT, embeddings)
+    what = "with 1,152-d embeddings" if embeddings else "classes only"
+    print(f"peak RSS ({what}): 1k files {small:.0f} MB, 100k files {large:.0f} MB, ratio "
+          f"{large / small:.3f}; 100k files in {parts} parts, the largest {largest:.1f} MB")
 
 
 if __name__ == "__main__":

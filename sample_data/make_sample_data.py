@@ -9,6 +9,8 @@ Builds a small, real handwritten-digit classifier from scikit-learn's bundled
                                (scaling is done inside the model), softmax
                                over 10 classes out.
 * ``digits_model/labels.txt``  class name of class i on line i.
+* ``digits.keras``             the same trained model as a Keras 3 file
+                               (``model.save``), with ``digits.labels.txt``.
 * ``images/<class>/NNNN.ext``  150 held-out test digits (never trained on),
                                about 2/3 PNG and 1/3 JPEG; the folder is the
                                true class, NNNN the index in ``load_digits``.
@@ -39,6 +41,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR = HERE / "digits_model"
+KERAS_FILE = HERE / "digits.keras"
 IMAGES_DIR = HERE / "images"
 CLASS_NAMES = ["zero", "one", "two", "three", "four",
                "five", "six", "seven", "eight", "nine"]
@@ -90,6 +93,8 @@ def main() -> None:
     model.fit(x_train, y_train, epochs=30, batch_size=32, verbose=0)
     model.export(str(MODEL_DIR), verbose=False)
     (MODEL_DIR / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    model.save(str(KERAS_FILE))
+    KERAS_FILE.with_suffix(".labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
 
     # Held-out images: every third one a JPEG, the rest PNG.
     for k, i in enumerate(idx_test[:N_IMAGES]):

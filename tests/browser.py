@@ -9,13 +9,12 @@ Host names resolve nowhere, so a request is recorded but never leaves the machin
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from conftest import skip_or_fail
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -27,10 +26,7 @@ def chromium() -> str:
     found = shutil.which("chromium")
     if found:
         return found
-    message = "chromium is not on PATH; install it with .ci/install-chromium.sh (Debian, as root)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_or_fail("chromium is not on PATH; install it with .ci/install-chromium.sh (Debian, as root)")
 
 
 @dataclass

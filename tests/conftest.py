@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -84,3 +90,85 @@ def invoke(capsys, *argv: str) -> tuple[int, dict | None, str]:
 
 def run_cli(capsys, *args: str) -> tuple[int, dict | None, str]:
     return invoke(capsys, "run", *args)
+
+
+def read_output(out: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """OUT read back as a reader would, with pyarrow.dataset (which skips the `_`/`.` names of
+    unfinished parts and bookkeeping): one row per row of OUT, sorted by path. An s3://... OUT is
+    opened through fsspec, without its listing cache, so that parts committed since count.
+
+    pandas shows a null as NaN (in string columns too), so float columns are checked to hold no
+    NaN of their own: in the frame, pd.isna(cell) means the cell is null."""
+    filesystem = None
+    if "://" in out:
+        import fsspec
+
+        filesystem, out = fsspec.core.url_to_fs(out, skip_instance_cache=True)
+    if columns is not None and "path" not in columns:
+        columns = ["path", *columns]
+    table = ds.dataset(out, format="parquet", filesystem=filesystem).to_table(columns=columns)
+    for name, column in zip(table.column_names, table.columns):
+        if pa.types.is_floating(column.type):
+            assert not pc.any(pc.is_nan(column)).as_py(), f"{name} holds NaN values; a missing value is null"
+    return table.to_pandas().sort_values("path", ignore_index=True, kind="stable")
+
+
+def skip_or_fail(message: str) -> None:
+    """Skips a test whose tool or package is missing, except under CI=true, where a skip would
+    hide that the test never ran: there it fails."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}. CI=true, so this test must run, not skip.")
+    pytest.skip(message)
+
+
+# --- scale-out: one moto S3 server and one local Ray for the whole session -----------------------
+
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def missing(what: str) -> None:
+    skip_or_fail(f"{what} not installed; pip install -e '.[dev]' to run the scale-out tests")
+
+
+def installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in modules)
+
+
+@pytest.fixture(scope="session")
+def fake_s3():
+    """A moto S3 endpoint on 127.0.0.1 and fake credentials in the environment, or None without
+    moto. Started before Ray because Ray's workers take the environment the driver had at
+    ray.init, and they read from S3 too."""
+    if not installed("moto", "s3fs"):
+        yield None
+        return
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    fake = {**FAKE_AWS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {name: os.environ.pop(name, None) for name in [*fake, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
+    os.environ.update(fake)
+    yield fake["AWS_ENDPOINT_URL"]
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(fake_s3):
+    if not installed("ray"):
+        missing("ray[data] is")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             object_store_memory=256 * 2**20)
+    yield ray
+    ray.shutdown()
+
+

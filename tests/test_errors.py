@@ -37,6 +37,13 @@ def assert_refused(capsys, output, *args, mentions: tuple[str, ...]):
     (["--output-key", "logits"], ("'logits' is not an output", "output_0")),
     (["--image-size", "64x64"], ("contradicts", "drop --image-size")),
     (["--preprocess", "caffe", "--input-key", "pixels"], ("'pixels' is not an input",)),
+    (["--task", "cluster"], ("--task", "classify, embed")),
+    (["--embedding-key", "features"], ("'features' is not an output", "output_0")),
+    (["--keep-output", "logits"], ("'logits' is not an output", "output_0")),
+    (["--embedding-layer", "pool"], ("--embedding-layer needs a Keras", "--embedding-key")),
+    (["--embedding-key", "a", "--embedding-layer", "b"], ("give one of them",)),
+    (["--normalize-embeddings"], ("needs an embedding", "--task embed")),
+    (["--task", "embed", "--output-key", "output_0"], ("--output-key", "--embedding-key")),
 ])
 def test_bad_flags(flags, mentions, tmp_path, capsys):
     output = str(tmp_path / "out")
@@ -59,6 +66,10 @@ def test_not_a_saved_model(tmp_path, capsys):
     output = str(tmp_path / "out")
     keras_file = tmp_path / "model.keras"
     keras_file.write_bytes(b"PK\x03\x04")
+    h5_file = tmp_path / "model.h5"
+    h5_file.write_bytes(b"not HDF5 at all")
+    other_file = tmp_path / "model.pt"
+    other_file.write_bytes(b"torch")
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
     (checkpoint / "checkpoint").write_text("model_checkpoint_path: 'x'")
@@ -66,7 +77,11 @@ def test_not_a_saved_model(tmp_path, capsys):
     corrupt.mkdir()
     (corrupt / "saved_model.pb").write_bytes(b"\x08\x01garbage" * 10)
     common = ["--input", SAMPLE_IMAGES, "--output", output]
-    assert_refused(capsys, output, "--model", str(keras_file), *common, mentions=("Keras file", "export"))
+    for broken in (keras_file, h5_file):
+        assert_refused(capsys, output, "--model", str(broken), *common,
+                       mentions=("Could not load the Keras file", "model.save('model.keras')", "export"))
+    assert_refused(capsys, output, "--model", str(other_file), *common,
+                   mentions=("not a Keras .keras or .h5 file", "SavedModel directory"))
     assert_refused(capsys, output, "--model", str(checkpoint), *common, mentions=("checkpoint",))
     assert_refused(capsys, output, "--model", str(corrupt), *common, mentions=("Could not load",))
 
@@ -78,6 +93,8 @@ def test_signature_shape_problems(model_dir, image_dir, tmp_path, capsys):
                    mentions=("logits, probabilities", "--output-key"))
     assert_refused(capsys, output, "--model", model_dir["ambiguous"], "--output-key", "class_id", *common,
                    mentions=("not [batch, classes]",))
+    assert_refused(capsys, output, "--model", model_dir["ambiguous"], "--output-key", "logits",
+                   "--keep-output", "class_id", *common, mentions=("float outputs", "class_id"))
     assert_refused(capsys, output, "--model", model_dir["dynamic"], *common,
                    mentions=("does not fix the image size", "--image-size HxW"))
     assert_refused(capsys, output, "--model", model_dir["uint8_logits"], *common,

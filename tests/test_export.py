@@ -12,14 +12,14 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import invoke
+from conftest import invoke, read_output
 
 @pytest.fixture(scope="module")
 def scored(scored_sample):
     """The shared scored sample plus its ok rows sorted by path."""
     images, out = scored_sample
-    ok = ds.dataset(out).to_table(filter=ds.field("status") == "ok").to_pandas()
-    return images, out, ok.sort_values("path", ignore_index=True)
+    rows = read_output(str(out))
+    return images, out, rows[rows.status == "ok"].reset_index(drop=True)
 
 
 def export(capsys, out: Path, *args: str) -> tuple[int, dict | None, str]:

@@ -45,7 +45,7 @@ def test_streamed_scores_equal_one_call_at_a_time(model_dir, image_dir):
     files = list_images(image_dir, ("jpg", "png"))
     decoded = list(batches(files, runner.spec, 2, DECODING))
     assert len(decoded) > 3
-    one_at_a_time = [runner.predict(images)["probabilities"] for _, images in decoded]
+    one_at_a_time = [runner.predict(images)["probabilities"] for _, images, _ in decoded]
     streamed = [scores for _, scores in in_order(lambda batch: runner.predict(batch[1])["probabilities"], decoded, 3)]
     assert len(streamed) == len(one_at_a_time)
     for expected, got in zip(one_at_a_time, streamed):

@@ -10,11 +10,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import tensorflow as tf
@@ -24,6 +28,7 @@ from PIL import Image, ImageOps
 
 import corpus
 import models
+from conftest import read_output
 from batch_infer.cli import main
 from batch_infer.listing import ListedFile
 from batch_infer.decoding import DecodeOptions, decode, diagnose
@@ -37,10 +42,6 @@ OPTIONS = DecodeOptions(corpus.MAX_PIXELS, corpus.MAX_FILE_MB, exif_transpose=Tr
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return str(models.save_float_probabilities(tmp_path_factory.mktemp("robust") / "model"))
-
-
-def read_rows(output: str) -> list[dict]:
-    return ds.dataset(output).to_table(columns=["path", "status", "error", "score"]).to_pylist()
 
 
 def run(*args: str) -> int:
@@ -68,7 +69,7 @@ def test_every_file_gives_one_row_with_its_reason(tmp_path, model):
 
     assert run("--model", model, "--input", root, "--output", output, *LIMITS) == 0
 
-    rows = read_rows(output)
+    rows = read_output(output).to_dict("records")
     assert sorted(row["path"] for row in rows) == sorted(expected)
     wrong = {row["path"]: (row["status"], row["error"]) for row in rows
              if not _matches(row, expected[row["path"]])}
@@ -80,26 +81,77 @@ def test_every_file_gives_one_row_with_its_reason(tmp_path, model):
 
 def _matches(row: dict, expectation: str) -> bool:
     if expectation == "ok":
-        return row["status"] == "ok" and row["error"] is None and 0.0 <= row["score"] <= 1.0
-    return row["status"] == "error" and row["error"].startswith(expectation) and row["score"] is None
+        return row["status"] == "ok" and pd.isna(row["error"]) and 0.0 <= row["score"] <= 1.0
+    return row["status"] == "error" and row["error"].startswith(expectation) and pd.isna(row["score"])
 
 
-def test_unreadable_file_is_an_error_row_and_unreadable_folder_a_warning(tmp_path, model, capsys):
+def _nobody() -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam("nobody")
+        return entry.pw_uid, entry.pw_gid
+    except KeyError:
+        return 65534, 65534
+
+
+def unprivileged(argv: list[str]) -> tuple[list[str], object]:
+    """(argv, preexec_fn) that run argv as a user whom chmod 000 stops: this one, unless it is
+    root, who reads files whatever their mode; then nobody, through setpriv or runuser, or else a
+    forked child that drops to nobody before exec."""
+    if os.geteuid() != 0:
+        return argv, None
+    uid, gid = _nobody()
+    if shutil.which("setpriv"):
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv], None
+    if shutil.which("runuser"):
+        return ["runuser", "-u", pwd.getpwuid(uid).pw_name, "--", *argv], None
+
+    def drop_to_nobody():
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return argv, drop_to_nobody
+
+
+@pytest.fixture
+def unprivileged_dir():
+    """An empty directory that the user of `unprivileged` owns. (tmp_path will not do: it lies in
+    a 0700 directory of whoever runs the tests.)"""
+    path = Path(tempfile.mkdtemp(prefix="batch-infer-"))
     if os.geteuid() == 0:
-        pytest.skip("root reads files whatever their mode, so chmod 000 cannot make one unreadable")
-    root = tmp_path / "input"
+        os.chown(path, *_nobody())
+    yield path
+    for folder, names, _ in os.walk(path):
+        for name in names:
+            os.chmod(os.path.join(folder, name), 0o755)  # so that the owner can remove what is inside
+    shutil.rmtree(path)
+
+
+def test_unreadable_file_is_an_error_row_and_unreadable_folder_a_warning(unprivileged_dir, model):
+    work = unprivileged_dir
+    shutil.copytree(model, work / "model")
+    for folder, names, files in os.walk(work / "model"):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    root = work / "input"
     (root / "locked folder").mkdir(parents=True)
     (root / "locked folder" / "unseen.png").write_bytes(corpus.encode(corpus.picture(), "PNG"))
     (root / "locked.png").write_bytes(corpus.encode(corpus.picture(), "PNG"))
+    os.chmod(root, 0o755)
     os.chmod(root / "locked.png", 0)
     os.chmod(root / "locked folder", 0)
+    argv, preexec_fn = unprivileged([sys.executable, "-m", "batch_infer", "run", "--model", str(work / "model"),
+                                     "--input", str(root), "--output", str(work / "out")])
     try:
-        assert main(["run", "--model", model, "--input", str(root), "--output", str(tmp_path / "out")]) == 0
+        finished = subprocess.run(argv, preexec_fn=preexec_fn, cwd=work, env={**os.environ, "HOME": str(work)},
+                                  capture_output=True, text=True, timeout=120)
     finally:
         os.chmod(root / "locked folder", 0o755)
-    [row] = read_rows(str(tmp_path / "out"))
+    assert finished.returncode == 0, finished.stderr
+    [row] = read_output(str(work / "out")).to_dict("records")
     assert row["path"] == "locked.png" and row["error"].startswith("read: ")
-    assert "cannot list" in capsys.readouterr().err
+    assert "cannot list" in finished.stderr
 
 
 def test_bomb_is_refused_from_its_header_in_bounded_memory(tmp_path, model):
@@ -119,29 +171,43 @@ def test_bomb_is_refused_from_its_header_in_bounded_memory(tmp_path, model):
                               capture_output=True, text=True, timeout=120, cwd=REPO)
     result = json.loads(finished.stdout.strip().splitlines()[-1])
     assert result["code"] == 0, finished.stderr
-    [row] = read_rows(output)
+    [row] = read_output(output).to_dict("records")
     assert row["error"] == "too-large: 20000x20000"
     print(f"peak RSS {result['peak']:.0f} MB, of which TensorFlow's import {result['before']:.0f} MB")
     assert result["peak"] - result["before"] < 500
 
 
 def test_no_exif_transpose_scores_pixels_as_stored(tmp_path, model):
+    """A JPEG of each EXIF orientation next to a PNG of the same pixels turned upright:
+    TensorFlow's decode of the stored pixels, turned by Pillow's exif_transpose. Both hold the
+    very same pixels, so turned upright they score alike to float rounding. (A separately encoded
+    upright JPEG would only score alike to about 1e-2, which a wrong turn also meets.) Left as
+    stored, the JPEGs score otherwise. The picture is not square, so the turn must come before
+    the resize to the model's 16x16."""
     root = tmp_path / "input"
     root.mkdir()
-    (root / "sideways.jpg").write_bytes(corpus.with_orientation(corpus.picture(3, 16, 16), 6))
-    upright = corpus.picture(3, 16, 16).transpose(Image.Transpose.ROTATE_270)  # what orientation 6 means
-    (root / "upright.jpg").write_bytes(corpus.encode(upright, "JPEG", quality=95))
-    scores = {}
+    for orientation in range(1, 9):
+        data = corpus.with_orientation(corpus.picture(3), orientation)
+        (root / f"{orientation} stored.jpg").write_bytes(data)
+        stored = Image.fromarray(decoded(data, 24, 40, exif_transpose=False))
+        stored.getexif()[0x0112] = orientation
+        (root / f"{orientation} upright.png").write_bytes(corpus.encode(ImageOps.exif_transpose(stored), "PNG"))
+    rows = {}
     for flag in ("--exif-transpose", "--no-exif-transpose"):
         output = str(tmp_path / flag)
         assert run("--model", model, "--input", str(root), "--output", output, flag) == 0
-        scores[flag] = {row["path"]: row["score"] for row in read_rows(output)}
+        rows[flag] = read_output(output).set_index("path")
         assert ds.dataset(output).schema.metadata[b"batch_infer.exif_transpose"] == (
             b"true" if flag == "--exif-transpose" else b"false")
-    # Turned upright, the sideways photo scores like the upright one; left as stored, it does not.
-    turned, stored = scores["--exif-transpose"], scores["--no-exif-transpose"]
-    assert turned["sideways.jpg"] == pytest.approx(turned["upright.jpg"], abs=0.02)
-    assert stored["sideways.jpg"] != pytest.approx(turned["sideways.jpg"], abs=1e-4)
+    turned, as_stored = rows["--exif-transpose"], rows["--no-exif-transpose"]
+    assert (turned.status == "ok").all() and (as_stored.status == "ok").all()
+    for orientation in range(1, 9):
+        jpeg, reference = turned.loc[f"{orientation} stored.jpg"], turned.loc[f"{orientation} upright.png"]
+        assert list(jpeg.top_k_labels) == list(reference.top_k_labels), orientation
+        np.testing.assert_allclose(jpeg.top_k_scores, reference.top_k_scores, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"orientation {orientation}")
+        kept = as_stored.loc[f"{orientation} stored.jpg"].top_k_scores
+        assert np.allclose(kept, jpeg.top_k_scores, rtol=1e-4, atol=1e-5) == (orientation == 1), orientation
 
 
 # --- decoded values, format by format ---------------------------------------------------------
@@ -287,6 +353,6 @@ def test_a_folder_of_mutated_files_finishes_with_one_row_each(tmp_path, model):
         (root / f"{i:02d} {seed}.jpg").write_bytes(mutate(SEEDS[seed], cut, edits))
     output = str(tmp_path / "out")
     assert run("--model", model, "--input", str(root), "--output", output) == 0
-    rows = read_rows(output)
+    rows = read_output(output).to_dict("records")
     assert sorted(row["path"] for row in rows) == sorted(os.listdir(root))
     assert all(row["status"] == "ok" or row["error"].startswith(ALLOWED) for row in rows)

@@ -6,21 +6,22 @@ import os
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import tensorflow as tf
 
 import images
-from conftest import SAMPLE_IMAGES, SAMPLE_MODEL, run_cli
+from conftest import SAMPLE_IMAGES, SAMPLE_MODEL, read_output, run_cli
 
 CAFFE_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 
 
 def read_rows(output: str) -> dict[str, dict]:
-    table = ds.dataset(output, format="parquet").to_table()
-    rows = table.to_pylist()
-    assert len({row["path"] for row in rows}) == len(rows), "a path appears twice"
-    return {row["path"]: row for row in rows}
+    """{path: row}, after checking that no path appears twice."""
+    rows = read_output(output)
+    assert rows.path.is_unique, "a path appears twice"
+    return {row["path"]: row for row in rows.to_dict("records")}
 
 
 def image_files(root: str) -> set[str]:
@@ -85,7 +86,7 @@ def test_scores_equal_direct_signature_calls(case, model_dir, image_dir, tmp_pat
     assert summary["ok"] == len(expected_paths) - 1 and summary["skipped"] == 0
     broken = rows.pop("cats/broken.jpg")
     assert broken["status"] == "error" and broken["error"].startswith(("decode: ", "model: "))
-    assert broken["label"] is None and broken["score"] is None
+    assert pd.isna(broken["label"]) and pd.isna(broken["score"])
 
     metadata = ds.dataset(output, format="parquet").schema.metadata
     assert metadata[b"batch_infer.activation"].decode() == activation
@@ -94,11 +95,11 @@ def test_scores_equal_direct_signature_calls(case, model_dir, image_dir, tmp_pat
         expected = direct_scores(model, signature, os.path.join(image_dir, path), size, channels,
                                  dtype, preprocess, activation)
         order = np.argsort(-expected, kind="stable")[: len(row["top_k_indices"])]
-        assert row["status"] == "ok" and row["error"] is None
+        assert row["status"] == "ok" and pd.isna(row["error"])
         np.testing.assert_allclose(row["top_k_scores"], expected[order], atol=1e-5)
-        assert row["top_k_indices"] == order.tolist()
+        assert list(row["top_k_indices"]) == order.tolist()
         assert row["label"] == str(order[0]) and row["score"] == pytest.approx(expected[order[0]], abs=1e-5)
-        assert row["top_k_labels"] == [str(i) for i in order]
+        assert list(row["top_k_labels"]) == [str(i) for i in order]
 
 
 def test_sample_model_with_labels_read_back_with_duckdb(tmp_path, capsys):

@@ -1,80 +1,33 @@
 """Scale-out: the Ray engine and object storage give the rows the local engine gives on disk.
 
-One local Ray (2 CPUs, no dashboard) and one moto S3 server on 127.0.0.1 serve the whole session.
-Every test runs under an alarm, so a hang fails the test instead of stalling CI. Without ray, moto
-or s3fs the tests that need them are skipped, except in CI, where they must run.
+One local Ray (2 CPUs, no dashboard) and one moto S3 server on 127.0.0.1 (fixtures in conftest.py)
+serve the whole session, and the local engine scores the reference rows once per module. Every
+test runs under a timeout, so a hang fails the test instead of stalling CI. Without ray, moto or
+s3fs the tests that need them are skipped, except in CI, where they must run.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
+import contextlib
+import io
+import json
 import os
-import signal
 
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
 import images
-from conftest import SAMPLE_MODEL, run_cli
+from conftest import SAMPLE_MODEL, invoke, missing, read_output, run_cli
+from batch_infer.cli import main
 from batch_infer import api
 from batch_infer.config import ConfigError, build_config
 from batch_infer.listing import ListedFile
 from batch_infer.ray_engine import check_resources
 
 CORRUPT = {"broken/truncated.jpg", "broken/empty.png", "broken/text.jpg"}
-TEST_TIMEOUT_S = 150
-FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def missing(what: str) -> None:
-    message = f"{what} not installed; pip install -e '.[dev]' to run the scale-out tests"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " (CI must run them)")
-    pytest.skip(message)
-
-
-def installed(*modules: str) -> bool:
-    return all(importlib.util.find_spec(module) is not None for module in modules)
-
-
-@pytest.fixture(autouse=True)
-def time_limit():
-    def expired(signum, frame):
-        raise TimeoutError(f"test ran past {TEST_TIMEOUT_S} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(TEST_TIMEOUT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
-
-
-@pytest.fixture(scope="session")
-def fake_s3():
-    """A moto S3 endpoint on 127.0.0.1 and fake credentials in the environment, or None without
-    moto. Started before Ray because Ray's workers take the environment the driver had at
-    ray.init, and they read from S3 too."""
-    if not installed("moto", "s3fs"):
-        yield None
-        return
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    fake = {**FAKE_AWS, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {name: os.environ.pop(name, None) for name in [*fake, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
-    os.environ.update(fake)
-    yield fake["AWS_ENDPOINT_URL"]
-    for name, value in saved.items():
-        os.environ.pop(name, None)
-        if value is not None:
-            os.environ[name] = value
-    server.stop()
+pytestmark = pytest.mark.timeout(150)
 
 
 @pytest.fixture
@@ -88,18 +41,6 @@ def s3(fake_s3):
     bucket = f"test-{os.urandom(4).hex()}"
     fs.mkdir(bucket)
     return f"s3://{bucket}"
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(fake_s3):
-    if not installed("ray"):
-        missing("ray[data] is")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             object_store_memory=256 * 2**20)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -116,28 +57,34 @@ def corrupt_dir(tmp_path_factory):
     return str(root)
 
 
-def table(output: str, filesystem=None) -> list[dict]:
-    rows = ds.dataset(output, format="parquet", filesystem=filesystem).to_table().to_pylist()
-    return sorted(rows, key=lambda row: row["path"])
+@pytest.fixture(scope="module")
+def baseline(corrupt_dir, tmp_path_factory) -> pd.DataFrame:
+    """The local engine's rows for corrupt_dir on disk, scored once: what the Ray engine, the API
+    and object storage must all give."""
+    output = str(tmp_path_factory.mktemp("baseline") / "out")
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        code = main(["run", "--model", SAMPLE_MODEL, "--input", corrupt_dir, "--output", output, "--quiet"])
+    summary = json.loads(stdout.getvalue().strip().splitlines()[-1])
+    assert code == 0 and (summary["files"], summary["errors"]) == (50, 3), summary
+    return read_output(output)
 
 
-def assert_same_rows(actual: list[dict], expected: list[dict]) -> None:
+def _plain(value):
+    """A cell as Python compares it: lists for arrays, None for every kind of null."""
+    if isinstance(value, (list, np.ndarray)):
+        return list(value)
+    return None if pd.isna(value) else value
+
+
+def assert_same_rows(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     """Row for row: paths, statuses, errors, labels exactly; scores to 1e-5."""
-    assert [row["path"] for row in actual] == [row["path"] for row in expected]
-    for got, want in zip(actual, expected):
+    assert actual.path.tolist() == expected.path.tolist()
+    for got, want in zip(actual.to_dict("records"), expected.to_dict("records")):
         for column in ("status", "error", "label", "top_k_labels", "top_k_indices"):
-            assert got[column] == want[column], (got["path"], column)
+            assert _plain(got[column]) == _plain(want[column]), (got["path"], column)
         if want["status"] == "ok":
             assert got["score"] == pytest.approx(want["score"], abs=1e-5)
             np.testing.assert_allclose(got["top_k_scores"], want["top_k_scores"], atol=1e-5)
-
-
-def local_baseline(capsys, corrupt_dir: str, output: str) -> list[dict]:
-    code, summary, err = run_cli(capsys, "--model", SAMPLE_MODEL, "--input", corrupt_dir,
-                                 "--output", output, "--quiet")
-    assert code == 0, err
-    assert (summary["files"], summary["errors"]) == (50, 3)
-    return table(output)
 
 
 def s3_filesystem():
@@ -176,17 +123,16 @@ def test_engine_options_are_checked_up_front(flags, message, corrupt_dir, tmp_pa
 # --- Ray -----------------------------------------------------------------------------------------
 
 
-def test_ray_engine_gives_the_local_table_row_for_row(ray_cluster, corrupt_dir, tmp_path, capsys):
-    expected = local_baseline(capsys, corrupt_dir, str(tmp_path / "local"))
+def test_ray_engine_gives_the_local_table_row_for_row(ray_cluster, corrupt_dir, baseline, tmp_path, capsys):
     output = str(tmp_path / "ray")
     code, summary, err = run_cli(capsys, "--model", SAMPLE_MODEL, "--input", corrupt_dir,
                                  "--output", output, "--engine", "ray", "--batch-size", "8", "--quiet")
     assert code == 0, err
     assert {key: summary[key] for key in ("files", "ok", "errors", "skipped")} == \
         {"files": 50, "ok": 47, "errors": 3, "skipped": 0}
-    rows = table(output)
-    assert_same_rows(rows, expected)
-    assert {row["path"] for row in rows if row["status"] == "error"} == CORRUPT
+    rows = read_output(output)
+    assert_same_rows(rows, baseline)
+    assert set(rows.path[rows.status == "error"]) == CORRUPT
     assert all(name.startswith("part-") or name.startswith(".") for name in os.listdir(output))
     metadata = {key.decode(): value.decode()
                 for key, value in ds.dataset(output, format="parquet").schema.metadata.items()}
@@ -207,11 +153,10 @@ def test_more_actors_than_cpus_is_refused_before_any_work(ray_cluster, corrupt_d
     assert not os.path.exists(output)
 
 
-def test_api_score_and_score_dataset(ray_cluster, corrupt_dir, tmp_path, capsys):
-    expected = local_baseline(capsys, corrupt_dir, str(tmp_path / "cli"))
+def test_api_score_and_score_dataset(ray_cluster, corrupt_dir, baseline, tmp_path):
     summary = api.score(SAMPLE_MODEL, corrupt_dir, str(tmp_path / "api"), batch_size=8, quiet=True)
     assert (summary["files"], summary["ok"], summary["errors"]) == (50, 47, 3)
-    assert_same_rows(table(str(tmp_path / "api")), expected)
+    assert_same_rows(read_output(str(tmp_path / "api")), baseline)
     with pytest.raises(api.RunFailed) as failed:
         api.score(SAMPLE_MODEL, corrupt_dir, str(tmp_path / "strict"), max_error_rate=0.01, quiet=True)
     assert failed.value.exit_code == 3 and failed.value.summary["errors"] == 3
@@ -223,7 +168,7 @@ def test_api_score_and_score_dataset(ray_cluster, corrupt_dir, tmp_path, capsys)
     rows = api.score_dataset(files, SAMPLE_MODEL, batch_size=16).take_all()
     for row in rows:
         row["path"] = os.path.relpath(row["path"], corrupt_dir)
-    assert_same_rows(sorted(rows, key=lambda row: row["path"]), expected)
+    assert_same_rows(pd.DataFrame(sorted(rows, key=lambda row: row["path"])), baseline)
     with pytest.raises(ConfigError, match="does not take output"):
         api.score_dataset(files, SAMPLE_MODEL, output="elsewhere")
 
@@ -231,8 +176,7 @@ def test_api_score_and_score_dataset(ray_cluster, corrupt_dir, tmp_path, capsys)
 # --- object storage ------------------------------------------------------------------------------
 
 
-def test_s3_input_and_output_on_both_engines(s3, ray_cluster, corrupt_dir, tmp_path, capsys):
-    expected = local_baseline(capsys, corrupt_dir, str(tmp_path / "disk"))
+def test_s3_input_and_output_on_both_engines(s3, ray_cluster, corrupt_dir, baseline, capsys):
     fs = s3_filesystem()
     fs.put(corrupt_dir + "/", f"{s3}/photos/", recursive=True)
 
@@ -242,7 +186,7 @@ def test_s3_input_and_output_on_both_engines(s3, ray_cluster, corrupt_dir, tmp_p
                                  "--output", output, "--quiet")
     assert code == 0, err
     assert (summary["files"], summary["errors"], summary["output"]) == (50, 3, output)
-    assert_same_rows(table(output.removeprefix("s3://"), fs), expected)
+    assert_same_rows(read_output(output), baseline)
     code, summary, err = run_cli(capsys, "--model", SAMPLE_MODEL, "--input", f"{s3}/photos",
                                  "--output", output, "--quiet")
     assert code == 0 and (summary["skipped"], summary["ok"]) == (50, 0), err
@@ -255,10 +199,33 @@ def test_s3_input_and_output_on_both_engines(s3, ray_cluster, corrupt_dir, tmp_p
     code, second, err = run_cli(capsys, *common, "--shard", "1/2")
     assert code == 0, err
     assert first["files"] + second["files"] == 50 and first["ok"] > 0 and second["ok"] > 0
-    assert_same_rows(table(output.removeprefix("s3://"), fs), expected)
+    assert_same_rows(read_output(output), baseline)
     names = [key.rsplit("/", 1)[-1] for key in fs.find(output)]
     assert names and all(name.startswith("part-") and name.endswith(".parquet") for name in names), \
         "an object store output holds committed parts only: no temporaries, no locks"
+
+
+def test_report_and_csv_export_read_an_s3_output(s3, corrupt_dir, tmp_path, capsys):
+    output = f"{s3}/scores"
+    code, summary, err = run_cli(capsys, "--model", SAMPLE_MODEL, "--input", corrupt_dir,
+                                 "--output", output, "--quiet")
+    assert code == 0 and (summary["files"], summary["errors"]) == (50, 3), err
+    rows = read_output(output)
+    ok = rows[rows.status == "ok"]
+
+    page = tmp_path / "report.html"
+    code, summary, err = invoke(capsys, "report", output, "--html", str(page))
+    assert code == 0, err
+    assert summary == {"report": str(page), "rows": len(rows), "errors": 3, "thumbnails": 0}
+    assert page.stat().st_size > 0
+
+    dest = tmp_path / "scores.csv"
+    code, summary, err = invoke(capsys, "export", output, "--format", "csv", "--dest", str(dest))
+    assert code == 0, err
+    assert summary == {"format": "csv", "dest": str(dest), "exported": len(ok), "below_min_score": 0,
+                       "errors_skipped": 3}
+    csv = pd.read_csv(dest, dtype={"path": str, "label": str})
+    assert csv.path.tolist() == ok.path.tolist() and csv.label.tolist() == ok.label.tolist()
 
 
 def test_urls_in_a_job_file_stay_urls_and_missing_places_are_refused(s3, tmp_path, capsys):
@@ -285,6 +252,6 @@ def test_unreadable_object_becomes_a_read_error_row(s3):
              ListedFile("gone.png", f"{s3}/in/gone.png".encode(), size=100)]
     spec = InputSpec(False, (16, 16), 3, tf.float32, "raw")
     options = DecodeOptions(10**8, 512, exif_transpose=True, scaled_decode=True)
-    arrived = [int(i) for indices, _ in batches(files, spec, 4, options) for i in indices]
+    arrived = [int(i) for indices, _, _ in batches(files, spec, 4, options) for i in indices]
     assert arrived == [0]
     assert diagnose(files[1], spec, options).startswith("read: ")

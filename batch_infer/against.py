@@ -1,0 +1,300 @@
+"""`batch-infer inspect MODEL --against LABELLED_DIR`: which preprocessing the model was trained
+with, measured on labelled data rather than guessed.
+
+A seeded sample of LABELLED_DIR (one folder per class, spread evenly over the classes) is scored
+under every candidate that applies to the signature: each resize mode, with and without
+antialias, times each pixel scaling (float inputs; uint8 inputs take raw only, and models that
+take encoded bytes prepare images themselves, so they have one candidate). Each file is decoded
+once per resize and the pixels are reused for every scaling, so the cost is a few decodes and
+one model call per candidate and file.
+
+Candidates are ranked by top-1 accuracy (then mean top-1 score). Whether the best is really
+better than the others is McNemar's test on the files where two candidates disagree; the number
+of files that would separate them is the usual sample-size estimate for that test.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from . import headers, parallel
+from .config import DEFAULT_EXTENSIONS, PREPROCESS_MODES, ConfigError
+from .decoding import DecodeOptions, Resize, to_channels, checked, pixels, resized, scaled
+from .heads import Classification
+from .listing import list_images
+from .model import load_model
+from .tf_import import tf
+
+SEED = 0
+BATCH = 32
+Z_ALPHA, Z_POWER = 1.96, 0.8416  # two-sided 5 % level, 80 % power
+
+
+@dataclass(frozen=True)
+class Candidate:
+    resize: Resize | None  # None: the model decodes the bytes itself
+    preprocess: str
+
+    def flags(self) -> str:
+        words = [self.resize.flags()] if self.resize is not None else []
+        words.append(f"--preprocess {self.preprocess}")
+        return " ".join(word for word in words if word)
+
+    def as_dict(self) -> dict:
+        return {"flags": self.flags(), "preprocess": self.preprocess,
+                **({"resize": self.resize.mode, "antialias": self.resize.antialias,
+                    "interpolation": self.resize.interpolation,
+                    "crop_fraction": self.resize.crop_fraction} if self.resize is not None else {})}
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[\s_\-.]+", "", name.lower())
+
+
+def match_folders(folders: list[str], labels: list[str]) -> tuple[dict[str, int], list[str]]:
+    """({folder: class index}, folders matching no label): exact names first, then ignoring case
+    and separators (space, _, -, .)."""
+    exact = {label: index for index, label in enumerate(labels)}
+    loose: dict[str, int] = {}
+    for index, label in enumerate(labels):
+        loose.setdefault(_normal(label), index)
+    matched, unmatched = {}, []
+    for folder in folders:
+        index = exact.get(folder, loose.get(_normal(folder)))
+        if index is None:
+            unmatched.append(folder)
+        else:
+            matched[folder] = index
+    return matched, unmatched
+
+
+def sample_files(by_folder: dict[str, list], count: int) -> list:
+    """Up to `count` files, seeded, taken from the folders in turn so each class gets its share."""
+    rng = np.random.default_rng(SEED)
+    queues = {folder: [files[i] for i in rng.permutation(len(files))]
+              for folder, files in sorted(by_folder.items()) if files}
+    chosen = []
+    while len(chosen) < count and any(queues.values()):
+        for folder in sorted(queues):
+            if queues[folder] and len(chosen) < count:
+                chosen.append((folder, queues[folder].pop()))
+    return chosen
+
+
+def resizes(base: Resize, spec) -> list[Resize]:
+    """Each resize mode, with and without antialias where the filter has one; --crop-fraction
+    applies to stretch and crop (pad keeps the whole image)."""
+    choices = []
+    for mode in ("stretch", "crop", "pad"):
+        fraction = 1.0 if mode == "pad" else base.crop_fraction
+        for antialias in ((True,) if base.interpolation in ("area", "nearest") else (True, False)):
+            choices.append(Resize(mode, fraction, base.interpolation, antialias))
+    return choices
+
+
+def scalings(spec) -> list[str]:
+    if spec.dtype == tf.uint8:
+        return ["raw"]
+    if spec.channels == 1:
+        return ["raw", "unit", "symmetric"]
+    return list(PREPROCESS_MODES)
+
+
+def compare(model_path: str, labelled_dir: str, sample: int = 200, signature: str = "serving_default",
+            input_key: str | None = None, output_key: str | None = None,
+            image_size: tuple[int, int] | None = None, base: Resize = Resize()) -> dict:
+    """The comparison as one JSON-ready dict; ConfigError for a missing or empty folder."""
+    if not os.path.isdir(labelled_dir):
+        raise ConfigError(f"--against {labelled_dir} is not a directory; pass a folder with one "
+                          "sub-folder of images per class.")
+    plan = parallel.configure("cpu")
+    model = load_model(model_path, signature, input_key, image_size, "raw")
+    head = Classification.for_model(model, output_key)
+    by_folder: dict[str, list] = {}
+    for item in list_images(labelled_dir, DEFAULT_EXTENSIONS):
+        if "/" in item.path and item.problem is None:
+            by_folder.setdefault(item.path.split("/", 1)[0], []).append(item)
+    if not by_folder:
+        raise ConfigError(f"--against {labelled_dir} has no images in sub-folders; put each class's "
+                          "images in a folder named as its label.")
+    matched, unmatched = match_folders(sorted(by_folder), [str(label) for label in head.labels])
+    labelled = bool(matched)
+    pool = {folder: files for folder, files in by_folder.items() if folder in matched or not labelled}
+    chosen = sample_files(pool, sample)
+    truth = np.array([matched.get(folder, -1) for folder, _ in chosen])
+
+    spec = model.spec
+    if spec.encoded:
+        candidates = [Candidate(None, spec.preprocess)]
+        geometries = [None]
+    else:
+        geometries = resizes(base, spec)
+        candidates = [Candidate(resize, preprocess) for resize in geometries for preprocess in scalings(spec)]
+    top1, confidence, decoded = _score(model, head, [item for _, item in chosen], geometries, candidates, plan)
+    truth = truth[decoded]
+    return _summarise(model_path, labelled_dir, candidates, top1, confidence, truth, labelled, matched,
+                      unmatched, len(chosen), len(by_folder))
+
+
+def _score(model, head, files, geometries, candidates, plan):
+    """(top-1 class [candidates, files], top-1 score, positions of the files that decoded)."""
+    spec = model.spec
+    # Each file is decoded once (at the finest JPEG scale any candidate needs: all but pad share
+    # the crop fraction), then resized once per candidate resize: one decode graph, cheap to trace.
+    options = DecodeOptions(10**8, 512, True, True, geometries[0] or Resize())
+
+    def load(index, path):
+        data = tf.io.read_file(path)
+        header = headers.read_header(data)
+        data = checked(data, header, spec, options)
+        if spec.encoded:
+            return index, (data,)
+        upright = to_channels(pixels(data, header, spec, options), spec.channels)
+        return index, tuple(resized(upright, spec.image_size, resize) for resize in geometries)
+
+    paths = np.array([item.fs_path for item in files], dtype=object)
+    threading = tf.data.Options()
+    threading.autotune.enabled = False  # as in `pipeline`
+    threading.threading.private_threadpool_size = plan.decode
+    threading.threading.max_intra_op_parallelism = 1
+    dataset = (tf.data.Dataset.from_tensor_slices((np.arange(len(files)), paths))
+               .map(load, num_parallel_calls=plan.decode, deterministic=True)
+               .ignore_errors().batch(BATCH).prefetch(plan.streams + 1).with_options(threading))
+
+    def predict(job):
+        index, per_geometry = job
+        rows = []
+        for candidate in candidates:
+            pixels = per_geometry[geometries.index(candidate.resize)]
+            batch = pixels if spec.encoded else scaled(pixels, replace(spec, preprocess=candidate.preprocess))
+            scores = head.scores(model.predict(batch))
+            rows.append((scores.argmax(axis=1), scores.max(axis=1)))
+        return index.numpy(), rows
+
+    decoded, top1, confidence = [], [], []
+    for _, (index, rows) in parallel.in_order(predict, iter(dataset), plan.streams):
+        decoded.append(index)
+        top1.append(np.stack([classes for classes, _ in rows]))
+        confidence.append(np.stack([score for _, score in rows]))
+    if not decoded:
+        raise ConfigError("None of the sampled files could be decoded; check the --against folder.")
+    return np.concatenate(top1, axis=1), np.concatenate(confidence, axis=1), np.concatenate(decoded)
+
+
+def mcnemar(best_right: np.ndarray, other_right: np.ndarray) -> tuple[float, int | None]:
+    """(two-sided exact p-value, files needed to separate them at 5 % with 80 % power, None when
+    they never disagree in outcome) for two candidates scored on the same files."""
+    b = int(np.sum(best_right & ~other_right))
+    c = int(np.sum(~best_right & other_right))
+    n = b + c
+    if n == 0:
+        return 1.0, None
+    tail = sum(math.comb(n, k) for k in range(0, min(b, c) + 1)) / 2.0**n
+    p = min(1.0, 2 * tail)
+    if b == c:
+        return p, None
+    discordant, difference = n / len(best_right), abs(b - c) / len(best_right)
+    return p, math.ceil((Z_ALPHA + Z_POWER) ** 2 * discordant / difference**2)
+
+
+def paired(best: np.ndarray, other: np.ndarray) -> tuple[float, int | None]:
+    """The same for mean top-1 confidence: a paired z-test on the per-file differences."""
+    differences = best - other
+    spread = float(differences.std(ddof=1)) if len(differences) > 1 else 0.0
+    mean = float(differences.mean())
+    if spread == 0.0:
+        return (1.0 if mean == 0.0 else 0.0), None if mean == 0.0 else len(differences)
+    z = mean / (spread / math.sqrt(len(differences)))
+    p = math.erfc(abs(z) / math.sqrt(2))
+    return p, (math.ceil(((Z_ALPHA + Z_POWER) * spread / mean) ** 2) if mean else None)
+
+
+def _summarise(model_path, labelled_dir, candidates, top1, confidence, truth, labelled, matched,
+               unmatched, sampled, folders) -> dict:
+    files = top1.shape[1]
+    right = top1 == truth[None, :]
+    accuracy = right.mean(axis=1)
+    mean_score = confidence.mean(axis=1)
+    key = (lambda i: (accuracy[i], mean_score[i])) if labelled else (lambda i: (mean_score[i],))
+    # Exact ties go to the candidate closest to the defaults (fewest flags).
+    order = sorted(range(len(candidates)),
+                   key=lambda i: (*(-v for v in key(i)), len(candidates[i].flags().split())))
+    best = order[0]
+    rows = []
+    for i in order:
+        if i == best:
+            p, needed = 1.0, None
+        elif labelled:
+            p, needed = mcnemar(right[best], right[i])
+        else:
+            p, needed = paired(confidence[best], confidence[i])
+        rows.append({**candidates[i].as_dict(), "top1_accuracy": float(accuracy[i]) if labelled else None,
+                     "mean_top1_score": float(mean_score[i]),
+                     "agreement_with_best": float((top1[i] == top1[best]).mean()),
+                     "p_value_vs_best": p, "files_to_separate": needed})
+    close = [row for row in rows[1:] if row["p_value_vs_best"] > 0.05]
+    # The lead is over the best candidate that gave a different outcome somewhere.
+    runner_up = next((row for row in rows[1:] if row["files_to_separate"] is not None
+                      or row["p_value_vs_best"] < 1.0), None)
+    measure = "top1_accuracy" if labelled else "mean_top1_score"
+    return {
+        "model": model_path, "against": labelled_dir, "files_sampled": sampled, "files_scored": files,
+        "seed": SEED, "folders": folders, "matched_folders": dict(sorted(matched.items())),
+        "unmatched_folders": unmatched,
+        "signal": "top-1 accuracy" if labelled else "mean top-1 confidence (no folder matches a label: a weak signal)",
+        "candidates": rows, "best": rows[0],
+        "runner_up": runner_up,
+        "lead": None if runner_up is None else float(rows[0][measure] - runner_up[measure]),
+        "within_noise": [row["flags"] for row in close],
+        "test": ("McNemar's exact test on the files where two candidates disagree" if labelled
+                 else "a paired z-test on per-file top-1 confidence") + "; files to separate at the "
+                "5 % level with 80 % power",
+    }
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def format_comparison(result: dict) -> str:
+    labelled = result["candidates"][0]["top1_accuracy"] is not None
+    lines = [f"{result['files_scored']} files of {result['against']} (seeded sample, "
+             f"{len(result['matched_folders']) or result['folders']} classes)"]
+    if not labelled:
+        lines.append("no folder matches a label of the model: ranking by mean top-1 confidence, a weak "
+                     "signal (a wrong preprocessing can be confidently wrong)")
+    elif result["unmatched_folders"]:
+        lines.append("folders matching no label (not sampled): " + ", ".join(result["unmatched_folders"]))
+    lines.append("")
+    width = max(len(row["flags"]) for row in result["candidates"])
+    lines.append(f"{'candidate':<{width}}  {'top-1':>7}  {'mean score':>10}  {'agrees with best':>16}")
+    for row in result["candidates"]:
+        accuracy = _percent(row["top1_accuracy"]) if labelled else "-"
+        lines.append(f"{row['flags']:<{width}}  {accuracy:>7}  {row['mean_top1_score']:>10.3f}  "
+                     f"{_percent(row['agreement_with_best']):>16}")
+    best = result["best"]
+    lines.append("")
+    lines.append(f"best: {best['flags']}")
+    if result["lead"] is not None:
+        runner_up = result["runner_up"]
+        lead = (f"{100 * result['lead']:.1f} points of top-1" if labelled
+                else f"{result['lead']:.3f} of mean top-1 score")
+        lines.append(f"leads {runner_up['flags']} by {lead} (p = {runner_up['p_value_vs_best']:.2g})")
+    if result["within_noise"]:
+        needed = [row["files_to_separate"] for row in result["candidates"][1:]
+                  if row["flags"] in result["within_noise"]]
+        known = [n for n in needed if n is not None]
+        how_many = (f"about {max(known)} files would separate them" if known and len(known) == len(needed)
+                    else (f"about {max(known)} files would separate some of them; the others did as "
+                          "well on every file, so no number of files like these would" if known else
+                          "they did as well on every file, so no number of files like these would "
+                          "separate them"))
+        lines.append(f"warning: within noise of the best ({len(needed)} candidate"
+                     f"{'s' if len(needed) != 1 else ''}: " + "; ".join(result["within_noise"][:6])
+                     + ("; ..." if len(needed) > 6 else "") + f"); {how_many} ({result['test']}).")
+    return "\n".join(lines)
