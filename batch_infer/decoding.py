@@ -482,8 +482,8 @@ def diagnose_data(data: tf.Tensor | bytes, spec: InputSpec, options: DecodeOptio
 class ModelInputs:
     """`model_input` for pixels from the fallback, traced once for any size and channel count."""
 
-    def __init__(self, spec: InputSpec):
-        self.function = tf.function(lambda image: model_input(image, spec),
+    def __init__(self, spec: InputSpec, resize: Resize = Resize()):
+        self.function = tf.function(lambda image: model_input(image, spec, resize),
                                     input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
 
     def __call__(self, images: list[np.ndarray]) -> tf.Tensor:

@@ -97,7 +97,7 @@ class Scorer:
         self.decoding = decoding
         self.table = Rows(heads)
         self.schema = self.table.schema
-        self.model_inputs = ModelInputs(model.spec)
+        self.model_inputs = ModelInputs(model.spec, decoding.resize)
         # Pillow releases the GIL while it decodes: one thread per core, shared by the streams,
         # so a folder of TIFFs uses every core and holds at most one decoded image per core.
         self.fallback_pool = ThreadPoolExecutor(parallel.usable_cores(), thread_name_prefix="pillow")
