@@ -106,7 +106,10 @@ def read_output(out: str, columns: list[str] | None = None) -> pd.DataFrame:
         filesystem, out = fsspec.core.url_to_fs(out, skip_instance_cache=True)
     if columns is not None and "path" not in columns:
         columns = ["path", *columns]
-    table = ds.dataset(out, format="parquet", filesystem=filesystem).to_table(columns=columns)
+    dataset = ds.dataset(out, format="parquet", filesystem=filesystem)
+    if not dataset.files:  # every row dropped for rescoring, none committed again yet
+        return pd.DataFrame({"path": pd.Series([], dtype=object)})
+    table = dataset.to_table(columns=columns)
     for name, column in zip(table.column_names, table.columns):
         if pa.types.is_floating(column.type):
             assert not pc.any(pc.is_nan(column)).as_py(), f"{name} holds NaN values; a missing value is null"
