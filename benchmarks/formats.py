@@ -16,7 +16,6 @@ run's peak RSS and time, and the files that disagree.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re

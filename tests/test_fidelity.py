@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import models
 import reference
-from conftest import invoke, run_cli
+from conftest import run_cli
 
 from batch_infer.decoding import DecodeOptions, Resize, _jpeg_scale, decode, scale_target
 from batch_infer.headers import read_header
