@@ -71,7 +71,9 @@ def stopped_runs(many_images, tmp_path_factory) -> dict[signal.Signals, Stopped]
     start together, so that their TensorFlow start-ups overlap instead of queueing."""
     root = tmp_path_factory.mktemp("stopped")
     outputs = {stop_signal: str(root / stop_signal.name) for stop_signal in STOPS}
-    processes = {stop_signal: start(*job(many_images, output)) for stop_signal, output in outputs.items()}
+    # One image a model call: slow enough that an idle machine is still scoring when it is signalled.
+    processes = {stop_signal: start(*job(many_images, output, "--batch-size", "1"))
+                 for stop_signal, output in outputs.items()}
     try:
         sent: dict[signal.Signals, float] = {}
 
