@@ -162,7 +162,7 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
         if local_output:
             remove_stale_temporaries(config.output, shard_tag(config))
         found = committed(config.output)  # again under the lock: another run may have finished
-        fingerprint.check(config, found.metadata, log.warning)
+        fingerprint.check(config, found.metadata, log.debug)  # warned above already
         todo, changed = plan(listed, found)
         if changed:
             log.info("%d files changed since they were scored; their rows are replaced", len(changed))

@@ -11,8 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import parallel
-from .config import RunConfig
-from .config import ConfigError
+from .config import ConfigError, RunConfig
 from .decoding import PILLOW, TENSORFLOW, DecodeOptions, ModelInputs, rescue, unread_reason
 from .heads import Classification, Embedding, FileFacts, Head, KeptOutput
 from .listing import ListedFile
