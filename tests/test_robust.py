@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 import corpus
 import models
-from conftest import read_output
+from conftest import read_output, skip_or_fail
 from batch_infer.cli import main
 from batch_infer.listing import ListedFile
 from batch_infer.decoding import DecodeOptions, decode, diagnose
@@ -93,33 +93,41 @@ def _nobody() -> tuple[int, int]:
         return 65534, 65534
 
 
-def unprivileged(argv: list[str]) -> tuple[list[str], object]:
-    """(argv, preexec_fn) that run argv as a user whom chmod 000 stops: this one, unless it is
-    root, who reads files whatever their mode; then nobody, through setpriv or runuser, or else a
+def _user_namespace_works() -> bool:
+    return bool(shutil.which("unshare")) and subprocess.run(["unshare", "--user", "true"],
+                                                            capture_output=True).returncode == 0
+
+
+def unprivileged(argv: list[str]) -> tuple[list[str], object, bool]:
+    """(argv, preexec_fn, as_nobody) that run argv as a user whom chmod 000 stops.
+
+    Not root: as it is. Root: best in a new user namespace (`unshare --user`), where root keeps
+    owner access to its own files, so the checkout and its virtualenv stay readable wherever they
+    lie, but loses the override that reads any file. Else as nobody, through setpriv, runuser or a
     forked child that drops to nobody before exec."""
     if os.geteuid() != 0:
-        return argv, None
+        return argv, None, False
+    if _user_namespace_works():
+        return ["unshare", "--user", *argv], None, False
     uid, gid = _nobody()
     if shutil.which("setpriv"):
-        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv], None
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv], None, True
     if shutil.which("runuser"):
-        return ["runuser", "-u", pwd.getpwuid(uid).pw_name, "--", *argv], None
+        return ["runuser", "-u", pwd.getpwuid(uid).pw_name, "--", *argv], None, True
 
     def drop_to_nobody():
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
 
-    return argv, drop_to_nobody
+    return argv, drop_to_nobody, True
 
 
 @pytest.fixture
 def unprivileged_dir():
-    """An empty directory that the user of `unprivileged` owns. (tmp_path will not do: it lies in
-    a 0700 directory of whoever runs the tests.)"""
+    """An empty directory that the user of `unprivileged` owns. (tmp_path will not do for nobody:
+    it lies in a 0700 directory of whoever runs the tests.)"""
     path = Path(tempfile.mkdtemp(prefix="batch-infer-"))
-    if os.geteuid() == 0:
-        os.chown(path, *_nobody())
     yield path
     for folder, names, _ in os.walk(path):
         for name in names:
@@ -141,8 +149,16 @@ def test_unreadable_file_is_an_error_row_and_unreadable_folder_a_warning(unprivi
     os.chmod(root, 0o755)
     os.chmod(root / "locked.png", 0)
     os.chmod(root / "locked folder", 0)
-    argv, preexec_fn = unprivileged([sys.executable, "-m", "batch_infer", "run", "--model", str(work / "model"),
-                                     "--input", str(root), "--output", str(work / "out")])
+    argv, preexec_fn, as_nobody = unprivileged([sys.executable, "-m", "batch_infer", "run",
+                                                "--model", str(work / "model"),
+                                                "--input", str(root), "--output", str(work / "out")])
+    if as_nobody:
+        os.chown(work, *_nobody())
+        probe = subprocess.run([*argv[:argv.index(sys.executable) + 1], "-c", "import batch_infer"],
+                               preexec_fn=preexec_fn, capture_output=True, cwd=work)
+        if probe.returncode != 0:
+            skip_or_fail(f"nobody cannot read this checkout or its virtualenv ({sys.prefix}); "
+                         "run the tests from a directory everyone may enter")
     try:
         finished = subprocess.run(argv, preexec_fn=preexec_fn, cwd=work, env={**os.environ, "HOME": str(work)},
                                   capture_output=True, text=True, timeout=120)
