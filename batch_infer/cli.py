@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from . import __version__, export, report
+from . import __version__, export, report, review
 from .config import (PREPROCESSING_OPTIONS, ConfigError, add_options, add_run_arguments, build_config,
                      parse_image_size, parse_options, positive_int)
 from .progress import log, setup_logging
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "model's labels) under each preprocessing that applies, and rank them")
     inspect.add_argument("--sample", metavar="N", default=200,
                          help="files sampled from LABELLED_DIR, spread over the classes (default: 200)")
+    review.add_command(commands)
     report.add_command(commands)
     export.add_command(commands)
     return parser

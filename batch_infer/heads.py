@@ -7,6 +7,7 @@ heads, so a new kind of output column is one new head class here.
 
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 import numpy as np
@@ -160,7 +161,7 @@ class Classification:
     def metadata(self) -> dict[str, str]:
         return {"output_key": self.output_key, "activation": self.activation,
                 "activation_reason": self.activation_reason, "labels_source": self.labels_source,
-                "top_k": str(self.top_k)}
+                "labels": json.dumps(self.labels.tolist(), ensure_ascii=False), "top_k": str(self.top_k)}
 
     def describe(self) -> str:
         return (f"output {self.output_key} ({self.num_classes} classes, activation {self.activation}: "

@@ -40,32 +40,37 @@ def part_metadata(schema: pa.Schema) -> dict[str, str]:
             for key, value in (schema.metadata or {}).items() if key.startswith(METADATA_PREFIX)}
 
 
-def iter_parts(output: str, columns: list[str]) -> Iterator[tuple[pa.Table, dict[str, str]]]:
-    """(rows of `columns`, metadata) of each committed part, one part in memory at a time."""
+def iter_parts(output: str, columns: list[str],
+               optional: list[str] = ()) -> Iterator[tuple[pa.Table, dict[str, str]]]:
+    """(rows of `columns` and of those `optional` columns the part has, metadata) of each
+    committed part, one part in memory at a time."""
     parts, filesystem = part_files(output)
     for part in parts:
         schema = pq.read_schema(part, filesystem=filesystem)
         missing = [name for name in columns if name not in schema.names]
         if missing:
             raise ConfigError(f"{part} has no column {', '.join(missing)}; is it batch-infer output?")
-        yield pq.read_table(part, columns=columns, filesystem=filesystem), part_metadata(schema)
+        present = [name for name in optional if name in schema.names]
+        yield pq.read_table(part, columns=[*columns, *present], filesystem=filesystem), part_metadata(schema)
 
 
-def read_parts(output: str, columns: list[str]) -> tuple[pa.Table, list[dict[str, str]]]:
-    """Every committed row of OUT (only `columns`, plus each part's `run_id`) and each part's
-    metadata; ConfigError when OUT is missing or holds no parts, naming what to pass instead."""
+def read_parts(output: str, columns: list[str],
+               optional: list[str] = ()) -> tuple[pa.Table, list[dict[str, str]]]:
+    """Every committed row of OUT (only `columns`, the `optional` columns where parts have them,
+    null elsewhere, plus each part's `run_id`) and each part's metadata; ConfigError when OUT is
+    missing or holds no parts, naming what to pass instead."""
     exists = storage.is_dir(output) if storage.is_url(output) else os.path.isdir(output)
     if not exists:
         raise ConfigError(f"{output} does not exist; give the --output directory of a batch-infer run.")
     tables, metadata = [], []
-    for table, meta in iter_parts(output, columns):
+    for table, meta in iter_parts(output, columns, optional):
         tables.append(table.append_column("run_id", pa.array([meta.get("run_id", "")] * table.num_rows,
                                                              pa.string())))
         metadata.append(meta)
     if not tables:
         raise ConfigError(f"{output} has no {PART_GLOB} files; give the --output directory of a "
                           "batch-infer run.")
-    return pa.concat_tables(tables), metadata
+    return pa.concat_tables(tables, promote_options="default"), metadata
 
 
 @dataclass

@@ -281,6 +281,8 @@ def _metadata(metadata: list[dict[str, str]]) -> list[tuple[str, str]]:
     values: dict[str, list[str]] = {}
     for meta in metadata:
         for key, value in meta.items():
+            if key == "labels":  # the whole list: its size is what a reader of the page wants
+                value = f"{len(json.loads(value))} labels"
             if key != "run_id" and value not in values.setdefault(key, []):
                 values[key].append(value)
     return [(key, ", ".join(found)) for key, found in values.items()]

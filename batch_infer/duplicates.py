@@ -1,0 +1,128 @@
+"""Duplicate groups: exact copies by content hash, near copies by embedding similarity.
+
+Near copies are pairs whose embeddings, centred on the dataset's mean and scaled to unit length,
+are closer than a threshold. Centring matters: pooled ReLU features are all non-negative, so
+without it any two images of a dataset look alike (cosine 0.6 to 0.9). No fixed threshold
+suits every model, though: a small classifier's penultimate layer puts two different images of
+a class as close as a recompressed copy is to its original in a large model's features. So by
+default the threshold comes from the data: a pair is a near copy when its distance (1 - cosine)
+is under AUTO_FACTOR times the median distance from an image to its nearest other image,
+measured on a sample. `--similarity S` fixes it instead.
+
+The search is exact (every pair is compared) in blocks of matrix products, so memory stays at a
+few blocks whatever the row count. Pairs of both kinds are joined into connected components.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+AUTO_FACTOR = 0.1  # measured: see README "Reviewing a labelled dataset"
+AUTO_SAMPLE = 2000
+BLOCK_ROWS, BLOCK_COLUMNS = 2048, 16384  # 128 MiB of float32 similarities at a time
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Edges between row numbers: `first < second`, with their similarity."""
+    first: np.ndarray
+    second: np.ndarray
+    similarity: np.ndarray
+
+    @classmethod
+    def empty(cls) -> "Pairs":
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def exact_pairs(hashes: list[str | None]) -> Pairs:
+    """Each row with a hash seen before is joined to the first row with that hash (enough for
+    the components); rows without a hash (never read) join nothing."""
+    first_seen: dict[str, int] = {}
+    first, second = [], []
+    for row, value in enumerate(hashes):
+        if value is None:
+            continue
+        seen = first_seen.setdefault(value, row)
+        if seen != row:
+            first.append(seen)
+            second.append(row)
+    return Pairs(np.array(first, np.int64), np.array(second, np.int64), np.ones(len(first), np.float32))
+
+
+def unit_centred(embeddings: np.ndarray) -> np.ndarray:
+    """Rows centred on their mean and scaled to unit length (an all-zero row stays zero)."""
+    centred = embeddings.astype(np.float32) - embeddings.mean(axis=0, dtype=np.float64).astype(np.float32)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return centred / np.maximum(norms, np.float32(1e-12))
+
+
+def nearest_similarity(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each of `rows`' highest similarity to any other row of `vectors`."""
+    best = np.full(len(rows), -np.inf, np.float32)
+    for left in range(0, len(vectors), BLOCK_COLUMNS):
+        similarity = vectors[rows] @ vectors[left:left + BLOCK_COLUMNS].T
+        own = rows - left
+        inside = np.flatnonzero((own >= 0) & (own < similarity.shape[1]))
+        similarity[inside, own[inside]] = -np.inf
+        best = np.maximum(best, similarity.max(axis=1))
+    return best
+
+
+def auto_threshold(vectors: np.ndarray, seed: int = 0) -> float:
+    """The similarity above which a pair counts as a near copy: AUTO_FACTOR of the median
+    nearest-neighbour distance of a seeded sample of rows, against all rows."""
+    if len(vectors) < 2:
+        return 1.0
+    sample = np.random.default_rng(seed).choice(len(vectors), min(AUTO_SAMPLE, len(vectors)), replace=False)
+    median_distance = float(np.median(1.0 - nearest_similarity(vectors, np.sort(sample))))
+    return round(1.0 - AUTO_FACTOR * median_distance, 6)
+
+
+def near_pairs(embeddings: np.ndarray, threshold: float | None = None) -> tuple[Pairs, float]:
+    """(every pair of rows whose centred cosine similarity is at least `threshold`, the threshold
+    used: `auto_threshold` when None), by blocked products over the upper triangle only."""
+    vectors = unit_centred(embeddings)
+    rows = len(vectors)
+    if threshold is None:
+        threshold = auto_threshold(vectors)
+    found = []
+    for top in range(0, rows, BLOCK_ROWS):
+        block = vectors[top:top + BLOCK_ROWS]
+        for left in range(top, rows, BLOCK_COLUMNS):
+            similarity = block @ vectors[left:left + BLOCK_COLUMNS].T
+            i, j = np.nonzero(similarity >= threshold)
+            i, j = i + top, j + left
+            keep = i < j
+            found.append((i[keep], j[keep], similarity[i[keep] - top, j[keep] - left]))
+    if not found:
+        return Pairs.empty(), threshold
+    return Pairs(*(np.concatenate(parts) for parts in zip(*found))), threshold
+
+
+def components(rows: int, *pairs: Pairs) -> np.ndarray:
+    """A component id per row (union-find with path halving); rows in no pair are their own."""
+    parent = np.arange(rows)
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for edges in pairs:
+        for a, b in zip(edges.first.tolist(), edges.second.tolist()):
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    return np.array([root(node) for node in range(rows)])
+
+
+def best_similarity(rows: int, *pairs: Pairs) -> np.ndarray:
+    """Each row's highest similarity to any row it is paired with (0 when in no pair)."""
+    best = np.zeros(rows, np.float32)
+    for edges in pairs:
+        np.maximum.at(best, edges.first, edges.similarity)
+        np.maximum.at(best, edges.second, edges.similarity)
+    return best

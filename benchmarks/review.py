@@ -1,0 +1,209 @@
+"""`batch-infer review`: how well it finds planted label errors and copies, and what it costs.
+
+    python benchmarks/review.py quality   # planted errors and copies, two datasets and models
+    python benchmarks/review.py scale     # time and peak RSS on 20,000 and 100,000 rows
+
+quality: (1) the 450 held-out digits of scikit-learn's load_digits (the sample model never saw
+them), scored by sample_data/digits.keras with its 32-d penultimate layer as the embedding;
+(2) 400 crops of scikit-learn's two photos at random places and scales, scored by an untrained
+MobileNetV2 with its 1,280-d pooled features. Into each: 5 % of labels flipped to another class
+(digits), 20 exact copies, and 40 near copies (1.5x or 0.75x bicubic, then JPEG quality 70).
+Prints the share of flipped files among the top 10 % of rows by doubt, and for copies the pairs
+found and the false pairs, at the automatic threshold and at fixed ones.
+
+scale: an OUT of N rows with 1,280-d embeddings (random, with 1 % planted near pairs), written
+as the run writes it; `batch-infer review` timed in a fresh process, peak RSS from wait4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, REPO)
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+FIXED = (0.9, 0.95, 0.98, 0.99, 0.995)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "batch_infer", *args], cwd=REPO, check=True,
+                          capture_output=True, text=True)
+
+
+def digit_images() -> list[tuple[Image.Image, str]]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    _, held_out = train_test_split(np.arange(len(digits.target)), test_size=0.25, random_state=0,
+                                   stratify=digits.target)
+    return [(Image.fromarray(np.round(digits.images[i] * (255 / 16)).astype(np.uint8), "L")
+             .resize((32, 32), Image.BILINEAR).convert("RGB"), DIGITS[digits.target[i]]) for i in held_out]
+
+
+def photo_crops(count: int = 400) -> list[tuple[Image.Image, str]]:
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(0)
+    photos = load_sample_images()
+    crops = []
+    for n in range(count):
+        which = n % 2
+        image = Image.fromarray(photos.images[which])
+        side = int(rng.integers(120, 300))
+        left, top = int(rng.integers(0, image.width - side)), int(rng.integers(0, image.height - side))
+        crops.append((image.crop((left, top, left + side, top + side)), str(which)))  # as the model labels its classes
+    return crops
+
+
+def plant(images: list[tuple[Image.Image, str]], root: str, classes: list[str], flip: float,
+          seed: int = 1) -> tuple[set[str], set[frozenset[str]]]:
+    """Writes the images as PNGs under root/<given label>/, flipping a share `flip` of labels
+    and adding 20 exact and 40 near copies; (flipped paths, planted copy pairs)."""
+    rng = np.random.default_rng(seed)
+    flipped_rows = set(rng.choice(len(images), int(flip * len(images)), replace=False).tolist())
+    paths, flipped, pairs = [], set(), set()
+    for row, (image, label) in enumerate(images):
+        if row in flipped_rows:
+            label = str(rng.choice([name for name in classes if name != label]))
+        path = f"{label}/{row:05d}.png"
+        if row in flipped_rows:
+            flipped.add(path)
+        os.makedirs(os.path.join(root, label), exist_ok=True)
+        image.save(os.path.join(root, path))
+        paths.append(path)
+    originals = rng.choice(len(images), 60, replace=False)
+    for n, row in enumerate(originals):
+        source = paths[row]
+        if n < 20:
+            copy = source.replace(".png", "_exact.png")
+            shutil.copy(os.path.join(root, source), os.path.join(root, copy))
+        else:
+            image = images[row][0]
+            scale = 1.5 if n % 2 else 0.75
+            buffer = io.BytesIO()
+            image.resize((int(image.width * scale), int(image.height * scale)), Image.BICUBIC).save(
+                buffer, "JPEG", quality=70)
+            copy = source.replace(".png", "_near.jpg")
+            with open(os.path.join(root, copy), "wb") as handle:
+                handle.write(buffer.getvalue())
+        pairs.add(frozenset((source, copy)))
+    return flipped, pairs
+
+
+def found_pairs(duplicates: pd.DataFrame) -> set[frozenset[str]]:
+    return {frozenset(pair) for _, group in duplicates.groupby("group")
+            for pair in itertools.combinations(sorted(group.path), 2)}
+
+
+def quality_of(name: str, model: str, embedding: list[str], images, classes, flip: float) -> None:
+    work = tempfile.mkdtemp(prefix="bench-review-")
+    try:
+        root, out = os.path.join(work, "images"), os.path.join(work, "out")
+        flipped, planted = plant(images, root, classes, flip)
+        cli("run", "--model", model, "--input", root, "--output", out, "--quiet", *embedding)
+        print(f"\n## {name}: {sum(len(f) for _, _, f in os.walk(root))} files, {len(flipped)} flipped "
+              f"labels, {len(planted)} planted copy pairs")
+        for similarity in (None, *FIXED):
+            review_dir = os.path.join(work, f"review-{similarity}")
+            extra = [] if similarity is None else ["--similarity", str(similarity)]
+            summary = json.loads(cli("review", out, "--truth", "folder", "--output", review_dir, "--json",
+                                     *extra).stdout)
+            pairs = found_pairs(pd.read_parquet(os.path.join(review_dir, "duplicates.parquet")))
+            line = (f"threshold {summary['near_threshold']} ({summary['near_threshold_source']}): "
+                    f"copy pairs found {len(pairs & planted)}/{len(planted)}, false pairs {len(pairs - planted)}")
+            if similarity is None and flip:
+                suspects = pd.read_parquet(os.path.join(review_dir, "suspects.parquet"))
+                top = set(suspects[suspects["rank"] <= 0.1 * summary["rows"]].path)
+                line = (f"accuracy {summary['accuracy']:.3f}; flipped among the top 10 % by doubt: "
+                        f"{len(top & flipped)}/{len(flipped)}\n{line}")
+            print(line, flush=True)
+    finally:
+        shutil.rmtree(work)
+
+
+def quality() -> None:
+    import corpora
+
+    quality_of("held-out digits, digits.keras penultimate (32-d)", os.path.join(REPO, "sample_data", "digits.keras"),
+               ["--embedding-layer", "penultimate"], digit_images(), DIGITS, flip=0.05)
+    quality_of("photo crops, untrained MobileNetV2 features (1,280-d)", corpora.make_mobilenet_features(),
+               ["--output-key", "probs", "--embedding-key", "features"], photo_crops(), [], flip=0.0)
+
+
+def synthetic_out(out: str, rows: int, width: int = 1280, part_rows: int = 5000) -> None:
+    """N rows in the run's schema: 10 classes, random embeddings with 1 % near pairs."""
+    rng = np.random.default_rng(0)
+    os.makedirs(out)
+    labels = np.array(DIGITS)
+    for first in range(0, rows, part_rows):
+        n = min(part_rows, rows - first)
+        vectors = rng.standard_normal((n, width), dtype=np.float32)
+        vectors[1::100] = vectors[0::100][:len(vectors[1::100])] + 0.05 * rng.standard_normal(
+            (len(vectors[1::100]), width), dtype=np.float32)
+        scores = rng.dirichlet(np.ones(10), n).astype(np.float32)
+        order = np.argsort(-scores, axis=1)[:, :5]
+        top = np.take_along_axis(scores, order, axis=1)
+        given = labels[rng.integers(0, 10, n)]
+        table = pa.table({
+            "path": [f"{g}/{first + i:07d}.jpg" for i, g in enumerate(given)],
+            "status": ["ok"] * n, "error": pa.nulls(n, pa.string()),
+            "label": labels[order[:, 0]], "score": top[:, 0],
+            "top_k_labels": labels[order].tolist(), "top_k_indices": order.astype(np.int32).tolist(),
+            "top_k_scores": top.tolist(),
+            "content_hash": [f"{first + i:016x}" for i in range(n)],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), width)},
+            metadata={b"batch_infer.labels": json.dumps(DIGITS).encode()})
+        pq.write_table(table, os.path.join(out, f"part-{first:08d}.parquet"))
+
+
+def scale() -> None:
+    print("| rows | review s | peak RSS MB | duplicate groups |\n|---|---|---|---|")
+    for rows in (20_000, 100_000):
+        work = tempfile.mkdtemp(prefix="bench-review-")
+        try:
+            out = os.path.join(work, "out")
+            synthetic_out(out, rows)
+            started = time.perf_counter()
+            process = subprocess.Popen([sys.executable, "-m", "batch_infer", "review", out, "--truth", "folder",
+                                        "--output", os.path.join(work, "review"), "--json"],
+                                       cwd=REPO, stdout=subprocess.PIPE, text=True)
+            stdout = process.stdout.read()
+            _, status, usage = os.wait4(process.pid, 0)
+            seconds = time.perf_counter() - started
+            assert os.waitstatus_to_exitcode(status) == 0
+            summary = json.loads(stdout)
+            print(f"| {rows:,} | {seconds:.1f} | {usage.ru_maxrss / 1024:.0f} | {summary['duplicate_groups']} |",
+                  flush=True)
+        finally:
+            shutil.rmtree(work)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("quality", "scale"))
+    args = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores", flush=True)
+    quality() if args.what == "quality" else scale()
+
+
+if __name__ == "__main__":
+    main()

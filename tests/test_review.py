@@ -1,0 +1,224 @@
+"""`batch-infer review` on a real labelled set: held-out digits the sample model never saw, with
+labels flipped on purpose and copies planted, scored by the sample Keras file with its
+penultimate layer as the embedding. Metrics are checked against scikit-learn on the same rows."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.model_selection import train_test_split
+
+from batch_infer.cli import main
+from conftest import SAMPLE_MODEL, invoke, read_output
+
+SAMPLE_KERAS = str(Path(SAMPLE_MODEL).parent / "digits.keras")
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+FLIPPED, EXACT, NEAR = 15, 8, 8
+
+
+def held_out_digits(count: int) -> list[tuple[Image.Image, int]]:
+    """Digits of load_digits the sample model was not trained on, drawn as it was trained."""
+    digits = load_digits()
+    _, held_out = train_test_split(np.arange(len(digits.target)), test_size=0.25, random_state=0,
+                                   stratify=digits.target)
+    return [(Image.fromarray(np.round(digits.images[i] * (255 / 16)).astype(np.uint8), "L")
+             .resize((32, 32), Image.BILINEAR), int(digits.target[i])) for i in held_out[:count]]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """(input, OUT, flipped paths, planted copy pairs, the copy whose folder differs)."""
+    root = tmp_path_factory.mktemp("review")
+    images, out = root / "images", root / "out"
+    rng = np.random.default_rng(3)
+    digits = held_out_digits(300)
+    flip = set(rng.choice(len(digits), FLIPPED, replace=False).tolist())
+    paths, flipped = [], set()
+    for row, (image, digit) in enumerate(digits):
+        label = NAMES[(digit + int(rng.integers(1, 10))) % 10] if row in flip else NAMES[digit]
+        path = f"{label}/{row:04d}.png"
+        (images / label).mkdir(parents=True, exist_ok=True)
+        image.save(images / path)
+        paths.append(path)
+        if row in flip:
+            flipped.add(path)
+    pairs = set()
+    originals = [row for row in rng.permutation(len(digits)) if row not in flip][:EXACT + NEAR]
+    for n, row in enumerate(originals):
+        if n < EXACT:
+            copy = paths[row].replace(".png", "-copy.png")
+            shutil.copy(images / paths[row], images / copy)
+        else:  # resized and recompressed
+            buffer = io.BytesIO()
+            side = 48 if n % 2 else 24
+            digits[row][0].resize((side, side), Image.BICUBIC).save(buffer, "JPEG", quality=70)
+            copy = paths[row].replace(".png", "-near.jpg")
+            (images / copy).write_bytes(buffer.getvalue())
+        pairs.add(frozenset((paths[row], copy)))
+    # One exact copy under another class's folder: a group whose given labels differ.
+    source = paths[originals[0]]
+    other = NAMES[(NAMES.index(source.split("/")[0]) + 1) % 10]
+    mixed = f"{other}/{Path(source).stem}-elsewhere.png"
+    shutil.copy(images / source, images / mixed)
+    pairs |= {frozenset((source, mixed)), frozenset((f"{source[:-4]}-copy.png", mixed))}
+    assert main(["run", "--model", SAMPLE_KERAS, "--input", str(images), "--output", str(out),
+                 "--embedding-layer", "penultimate", "--quiet"]) == 0
+    return images, out, flipped, pairs, mixed
+
+
+@pytest.fixture(scope="module")
+def reviewed(labelled, tmp_path_factory):
+    """(review dir, summary) of `review --json --output`."""
+    review_dir = tmp_path_factory.mktemp("reviewed") / "review"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["review", str(labelled[1]), "--truth", "folder", "--output", str(review_dir), "--json"]) == 0
+    return review_dir, json.loads(stdout.getvalue())
+
+
+def test_flipped_labels_rank_at_the_top(labelled, reviewed):
+    _, _, flipped, _, _ = labelled
+    review_dir, summary = reviewed
+    suspects = pd.read_parquet(review_dir / "suspects.parquet")
+    top = set(suspects[suspects["rank"] <= 0.1 * summary["rows"]].path)
+    assert len(top & flipped) >= 0.8 * len(flipped)
+    assert list(suspects["rank"]) == list(range(1, len(suspects) + 1))
+    assert (suspects.doubt.diff().dropna() <= 0).all()
+    assert (suspects.given != suspects.predicted).all()
+    row = suspects.iloc[0]
+    assert row.reason.startswith(f"predicted {row.predicted} at ")
+
+
+def test_copies_are_grouped_exact_and_near(labelled, reviewed):
+    _, _, _, planted, mixed = labelled
+    review_dir, summary = reviewed
+    found = pd.read_parquet(review_dir / "duplicates.parquet")
+    assert list(found.columns[:4]) == ["group", "path", "kind", "similarity"]
+    pairs = {frozenset(pair) for _, group in found.groupby("group")
+             for pair in itertools.combinations(group.path, 2)}
+    assert len(pairs & planted) >= 0.9 * len(planted)
+    assert len(pairs - planted) <= len(pairs & planted)
+    assert set(found[found.path.str.contains("-copy")].kind) == {"exact"}
+    assert set(found[found.path.str.contains("-near")].kind) == {"near"}
+    assert (found[found.kind == "exact"].similarity == 1.0).all()
+    assert found[found.path == mixed].mixed_labels.all()
+    assert summary["mixed_label_groups"] >= 1 and summary["near_threshold_source"] == "auto"
+
+
+def test_metrics_equal_scikit_learns(labelled, reviewed):
+    review_dir, summary = reviewed
+    rows = read_output(str(labelled[1]))
+    rows = rows[rows.status == "ok"]
+    truth, predicted = rows.path.str.split("/").str[0], rows.label
+    assert summary["accuracy"] == pytest.approx(float((truth == predicted).mean()), abs=1e-6)
+    in_top = [given in list(top) for given, top in zip(truth, rows.top_k_labels)]
+    assert summary["top_k_accuracy"] == pytest.approx(float(np.mean(in_top)), abs=1e-6)
+    per_class = pd.read_parquet(review_dir / "per_class.parquet")
+    labels = list(per_class.label)
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels,
+                                                                     zero_division=0)
+    np.testing.assert_allclose(per_class.precision, precision, atol=1e-12)
+    np.testing.assert_allclose(per_class.recall, recall, atol=1e-12)
+    np.testing.assert_allclose(per_class.f1, f1, atol=1e-12)
+    np.testing.assert_array_equal(per_class.support, support)
+    confusion = pd.read_parquet(review_dir / "confusion.parquet")
+    matrix = confusion.pivot_table(index="true", columns="predicted", values="count", fill_value=0)
+    matrix = matrix.reindex(index=labels, columns=labels, fill_value=0)
+    np.testing.assert_array_equal(matrix.to_numpy(), confusion_matrix(truth, predicted, labels=labels))
+
+
+def test_review_files_read_in_duckdb_and_polars(reviewed):
+    review_dir, summary = reviewed
+    # "true" is an SQL keyword: quoted, it names the column.
+    confused = duckdb.sql(f"""select "true", predicted, count from '{review_dir}/confusion.parquet'
+                              where "true" <> predicted order by count desc, "true", predicted limit 1""").fetchall()
+    first = summary["most_confused"][0]
+    assert confused == [(first["true"], first["predicted"], first["count"])]
+    suspects = pl.read_parquet(review_dir / "suspects.parquet")
+    assert suspects.height == summary["suspects"] and suspects["rank"].min() == 1
+
+
+def test_text_summary(labelled, capsys):
+    assert main(["review", str(labelled[1]), "--truth", "folder"]) == 0
+    text = capsys.readouterr().out
+    assert "accuracy 0." in text and "suspects: " in text and "overconfident" in text
+    assert "duplicates: " in text and "(auto)" in text
+
+
+def test_unmatched_names_are_listed_and_loose_matches_shown(tmp_path, capsys):
+    images = tmp_path / "images"
+    for row, (image, digit) in enumerate(held_out_digits(40)):
+        folder = "Seven_" if digit == 7 else ("mystery" if digit == 3 else NAMES[digit])
+        (images / folder).mkdir(parents=True, exist_ok=True)
+        image.save(images / folder / f"{row}.png")
+    image.save(images / "at-the-top.png")
+    assert main(["run", "--model", SAMPLE_MODEL, "--input", str(images), "--output", str(tmp_path / "out"),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    code, summary, _ = invoke(capsys, "review", str(tmp_path / "out"), "--truth", "folder", "--json")
+    assert code == 0
+    assert summary["matched"]["Seven_"] == "seven"
+    threes = sum(1 for _, digit in held_out_digits(40) if digit == 3)
+    assert summary["unmatched"] == {"mystery": threes}
+    assert summary["with_truth"] == summary["ok"] - threes - 1
+
+
+def test_no_overlap_is_exit_2_naming_both_sides(tmp_path, capsys):
+    images = tmp_path / "images"
+    for row, (image, _) in enumerate(held_out_digits(6)):
+        (images / ("cat" if row % 2 else "dog")).mkdir(parents=True, exist_ok=True)
+        image.save(images / ("cat" if row % 2 else "dog") / f"{row}.png")
+    assert main(["run", "--model", SAMPLE_MODEL, "--input", str(images), "--output", str(tmp_path / "out"),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    code, _, err = invoke(capsys, "review", str(tmp_path / "out"), "--truth", "folder")
+    assert code == 2 and "cat, dog" in err and "zero" in err and len(err.strip().splitlines()) == 1
+    code, _, err = invoke(capsys, "review", str(tmp_path / "out"), "--truth", "column:split")
+    assert code == 2 and "--keep-columns split" in err
+
+
+def test_sorted_folder_trap_is_warned(tmp_path, capsys):
+    """Folders 1..10 and a labels file in numeric order, while the model numbers its classes as
+    image_dataset_from_directory would: by sorted folder name (1, 10, 2, ...). The sample model's
+    class j is the digit j, so digit j goes into the j-th folder name in sorted order."""
+    folders = sorted(str(n) for n in range(1, 11))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(str(n) for n in range(1, 11)) + "\n")
+    images = tmp_path / "images"
+    for row, (image, digit) in enumerate(held_out_digits(60)):
+        (images / folders[digit]).mkdir(parents=True, exist_ok=True)
+        image.save(images / folders[digit] / f"{row}.png")
+    assert main(["run", "--model", SAMPLE_MODEL, "--labels", str(labels), "--input", str(images),
+                 "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    capsys.readouterr()
+    code, summary, _ = invoke(capsys, "review", str(tmp_path / "out"), "--truth", "folder", "--json")
+    assert code == 0 and summary["accuracy"] < 0.3
+    [warning] = summary["warnings"]
+    assert "sorted order (1, 10, 2, 3, ...)" in warning and "--labels" in warning
+
+
+def test_truth_from_a_kept_manifest_column(labelled, tmp_path, capsys):
+    images = labelled[0]
+    files = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))[:30]
+    manifest = tmp_path / "files.csv"
+    pd.DataFrame({"path": [str(images / f) for f in files],
+                  "given": [f.split("/")[0] for f in files]}).to_csv(manifest, index=False)
+    assert main(["run", "--model", SAMPLE_MODEL, "--input", str(manifest), "--keep-columns", "given",
+                 "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    capsys.readouterr()
+    code, summary, _ = invoke(capsys, "review", str(tmp_path / "out"), "--truth", "column:given", "--json")
+    assert code == 0 and summary["with_truth"] == 30 and summary["unmatched"] == {}
+    assert summary["near_threshold"] is None  # no embedding: exact copies only
