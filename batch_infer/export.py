@@ -3,7 +3,9 @@
 csv for spreadsheets, imagefolder (DEST/<label>/<file>) for training loaders such as Keras'
 image_dataset_from_directory, torchvision's ImageFolder or Hugging Face's imagefolder, and
 label-studio for reviewing the predictions as pre-annotations. Error rows and rows under
---min-score are left out and counted in the summary line.
+--min-score are left out and counted in the summary line. With --review, label-studio exports
+instead the suspects and duplicate groups a `batch-infer review --output` wrote: one task per
+file, with the given label and the prediction side by side, so a person can fix the label.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 COLUMNS = ["path", "status", "label", "score", "top_k_labels", "top_k_scores"]
 FORMATS = ("csv", "imagefolder", "label-studio")
 LOCAL_FILES = "/data/local-files/?d="
+REVIEW_FILES = ("suspects.parquet", "duplicates.parquet")
 
 
 def _min_score(text: str) -> float:
@@ -64,6 +67,10 @@ def add_command(commands) -> None:
                              f"--input, or give e.g. {LOCAL_FILES}photos/ or https://host/photos/). The "
                              "labeling config must name its tags image and choice: <Image name=\"image\" "
                              "value=\"$image\"/><Choices name=\"choice\" toName=\"image\">")
+    parser.add_argument("--review", metavar="REVIEW_DIR",
+                        help="label-studio: export the suspects and duplicate groups that `batch-infer "
+                             "review OUT --output REVIEW_DIR` wrote, as review tasks carrying the given "
+                             "label and the prediction, instead of every ok row")
     parser.set_defaults(handler=command)
 
 
@@ -73,6 +80,8 @@ def command(args: argparse.Namespace) -> int:
 
     table, _ = read_parts(storage.absolute(args.output), COLUMNS)
     rows = table.to_pandas()
+    if args.review:
+        return export_review(rows, args)
     ok = rows[rows.status == "ok"]
     kept = ok[ok.score >= args.min_score].sort_values("path", ignore_index=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.dest)), exist_ok=True)
@@ -85,6 +94,15 @@ def command(args: argparse.Namespace) -> int:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.review is not None:
+        if args.format != "label-studio":
+            raise ConfigError("--review exports review tasks, which only --format label-studio holds.")
+        if args.min_score > 0:
+            raise ConfigError("--review exports every suspect and duplicate; leave out --min-score.")
+        missing = [name for name in REVIEW_FILES if not os.path.isfile(os.path.join(args.review, name))]
+        if missing:
+            raise ConfigError(f"{args.review} has no {' or '.join(missing)}; write them with `batch-infer "
+                              f"review {args.output} --truth ... --output {args.review}`.")
     if args.format != "imagefolder":
         if os.path.isdir(args.dest):
             raise ConfigError(f"--dest {args.dest} is a directory; --format {args.format} writes a file.")
@@ -117,12 +135,49 @@ def write_label_studio(rows: pd.DataFrame, args: argparse.Namespace) -> None:
     """Label Studio's import format with predictions; model_version is the run id, so predictions of
     a resumed run tell which run made them, and score lets reviewers sort by confidence."""
     tasks = [{"data": {"image": args.image_root + quote(path, safe="/")},
-              "predictions": [{"model_version": run_id, "score": _short(score),
-                               "result": [{"from_name": "choice", "to_name": "image", "type": "choices",
-                                           "value": {"choices": [label]}}]}]}
+              "predictions": [_choice(run_id, label, _short(score))]}
              for path, label, score, run_id in zip(rows.path, rows.label, rows.score.to_numpy(),
                                                    rows.run_id)]
     write_atomically(args.dest, lambda handle: json.dump(tasks, handle, ensure_ascii=False), text=True)
+
+
+def _choice(model_version: str, label: str, score: float | None = None) -> dict:
+    prediction = {"model_version": model_version,
+                  "result": [{"from_name": "choice", "to_name": "image", "type": "choices",
+                              "value": {"choices": [label]}}]}
+    return prediction if score is None else {**prediction, "score": score}
+
+
+def export_review(rows: pd.DataFrame, args: argparse.Namespace) -> int:
+    """One task per suspect (by rank) and per member of a duplicate group (by group), each with
+    two predictions to choose from: the given label and the model's. The task's data carries
+    why it is there (reason, or group, kind and similarity) for the labeling view to show."""
+    import pandas as pd
+
+    suspects = pd.read_parquet(os.path.join(args.review, "suspects.parquet"))
+    groups = pd.read_parquet(os.path.join(args.review, "duplicates.parquet"))
+    run_of = dict(zip(rows.path, rows.run_id))
+    score_of = dict(zip(rows.path, rows.score.to_numpy()))
+
+    def task(path: str, given: str | None, predicted: str | None, details: dict) -> dict:
+        predictions = [_choice("given label", given)] if given is not None else []
+        if predicted is not None:
+            predictions.append(_choice(run_of.get(path, ""), predicted, _short(score_of[path])))
+        return {"data": {"image": args.image_root + quote(path, safe="/"), "path": path,
+                         "given_label": given, "predicted": predicted, **details},
+                "predictions": predictions}
+
+    tasks = [task(row.path, row.given_label, row.predicted, {"review": "suspect", "rank": int(row.rank),
+                                                             "reason": row.reason})
+             for row in suspects.itertuples()]
+    tasks += [task(row.path, row.given, row.predicted if isinstance(row.predicted, str) else None,
+                   {"review": "duplicate", "group": int(row.group), "kind": row.kind,
+                    "similarity": round(float(row.similarity), 4), "mixed_labels": bool(row.mixed_labels)})
+              for row in groups.itertuples()]
+    write_atomically(args.dest, lambda handle: json.dump(tasks, handle, ensure_ascii=False), text=True)
+    print(json.dumps({"format": args.format, "dest": os.path.abspath(args.dest), "exported": len(tasks),
+                      "suspects": len(suspects), "duplicates": len(groups)}), flush=True)
+    return 0
 
 
 def label_directory(label: str) -> str:

@@ -28,13 +28,17 @@ import numpy as np
 from . import __version__, storage
 from .atomic import write_atomically
 from .config import ConfigError
+from .review import add_truth_argument
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .findings import Review
+
 COLUMNS = ["path", "status", "error", "label", "score"]
 LEAST_CONFIDENT, PER_CLASS, MAX_CLASSES, MAX_ERRORS, MAX_RUNS = 24, 4, 50, 500, 20
 THUMBNAIL_PX, SCORE_BINS = 96, 20
+SUSPECTS, GROUPS, PER_GROUP, HEATMAP_CLASSES = 24, 12, 6, 25
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
 
@@ -49,6 +53,7 @@ def add_command(commands) -> None:
     parser.add_argument("--input", metavar="DIR", help="the run's --input, to embed thumbnails "
                         "(default: no thumbnails)")
     parser.add_argument("--html", metavar="FILE", required=True, help="HTML file to write")
+    add_truth_argument(parser, required=False)
     parser.set_defaults(handler=command)
 
 
@@ -60,7 +65,12 @@ def command(args: argparse.Namespace) -> int:
     table, metadata = read_parts(storage.absolute(args.output), COLUMNS)
     rows = table.to_pandas()
     thumbnails = Thumbnails(args.input) if args.input else None
-    page = render(aggregate(rows, metadata, args.output, thumbnails))
+    reviewed = None
+    if args.truth is not None:
+        from .findings import load
+
+        reviewed = review_section(load(args.output, args.truth), thumbnails)
+    page = render(aggregate(rows, metadata, args.output, thumbnails, reviewed))
     os.makedirs(os.path.dirname(os.path.abspath(args.html)), exist_ok=True)
     write_atomically(args.html, lambda handle: handle.write(page), text=True)
     print(json.dumps({"report": os.path.abspath(args.html), "rows": len(rows),
@@ -200,6 +210,49 @@ class Errors:
 
 
 @dataclasses.dataclass(frozen=True)
+class HeatCell:
+    x: int
+    y: int
+    size: int
+    opacity: float  # the cell's share of its true class's rows
+    count: int
+    title: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Heatmap:
+    """The confusion matrix: rows are the given labels, columns the predicted ones."""
+    width: int
+    height: int
+    labels: list[tuple[str, int, int]]  # (label, row text y, column text x)
+    label_x: int
+    column_y: int
+    cells: list[HeatCell]
+    hidden: int  # classes past HEATMAP_CLASSES
+
+
+@dataclasses.dataclass(frozen=True)
+class DuplicateGroup:
+    number: int
+    files: int
+    mixed_labels: bool
+    figures: list[Figure]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewSection:
+    truth: str
+    cards: list[Card]
+    warnings: list[str]
+    heatmap: Heatmap | None
+    suspects: list[Figure]
+    suspects_hidden: int
+    groups: list[DuplicateGroup]
+    groups_hidden: int
+    note: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """Everything the page shows, top to bottom, as plain data; the template only lays it out."""
     output: str
@@ -214,13 +267,14 @@ class Report:
     samples: list[ClassSample]
     classes_hidden: int  # classes past MAX_CLASSES, in neither the chart nor the samples
     errors: Errors
+    review: ReviewSection | None  # None without --truth
     thumbnails: bool  # False: the page says how to get them
     generated: str
     version: str
 
 
 def aggregate(rows: pd.DataFrame, metadata: list[dict[str, str]], output: str,
-              thumbnails: Callable[[str], str | None] | None,
+              thumbnails: Callable[[str], str | None] | None, review: ReviewSection | None = None,
               now: datetime.datetime | None = None) -> Report:
     """The page's content from the rows and part metadata. `now` is the "Generated" time
     (default: the current UTC time)."""
@@ -244,7 +298,8 @@ def aggregate(rows: pd.DataFrame, metadata: list[dict[str, str]], output: str,
         samples=[ClassSample(label, int(counts[label]),
                              _figures(samples[samples.label == label].sort_values("score", ascending=False),
                                       thumbnails)) for label in shown],
-        classes_hidden=len(counts) - len(shown), errors=_errors(errors), thumbnails=thumbnails is not None,
+        classes_hidden=len(counts) - len(shown), errors=_errors(errors), review=review,
+        thumbnails=thumbnails is not None,
         generated=now.strftime("%Y-%m-%d %H:%M:%S UTC"), version=__version__)
 
 
@@ -343,3 +398,55 @@ def _errors(errors: pd.DataFrame) -> Errors:
     return Errors(kinds=[ErrorKind(kind, int(count)) for kind, count in kinds.items()],
                   rows=[ErrorRow(path, str(reason)) for path, reason in zip(shown.path, shown.error)],
                   hidden=len(errors) - len(shown))
+
+
+def review_section(review: Review, thumbnails: Callable[[str], str | None] | None) -> ReviewSection:
+    """The review's headline numbers, its confusion matrix, the most doubtful rows and the
+    largest duplicate groups, each capped."""
+    from .findings import TRAINED_ON_NOTE
+
+    summary = review.summary(None)
+    accuracy = "n/a" if summary["accuracy"] is None else f"{summary['accuracy']:.1%}"
+    top_k = "n/a" if summary["top_k_accuracy"] is None else f"{summary['top_k_accuracy']:.1%}"
+    cards = [Card("rows with a given label", summary["with_truth"]), Card("accuracy", accuracy),
+             Card(f"top-{review.top_k} accuracy", top_k), Card("suspects", summary["suspects"]),
+             Card("duplicate groups", summary["duplicate_groups"]),
+             Card("groups with mixed labels", summary["mixed_label_groups"])]
+    warnings = [f"given labels that match no model label: {name} ({files} files)"
+                for name, files in review.matching.unmatched.items()] + review.warnings
+    shown = review.suspects.head(SUSPECTS)
+    suspects = [Figure(path, f"{predicted} (given {given})", float(score), thumbnails(path) if thumbnails else None)
+                for path, predicted, given, score in zip(shown.path, shown.predicted, shown.given,
+                                                         shown.predicted_score)]
+    groups = review.duplicate_groups().head(GROUPS)
+    figures = []
+    for number, files, mixed in zip(groups.group, groups.files, groups.mixed_labels):
+        members = review.duplicates[review.duplicates.group == number].head(PER_GROUP)
+        figures.append(DuplicateGroup(int(number), int(files), bool(mixed), [
+            Figure(path, str(given), float(similarity), thumbnails(path) if thumbnails else None)
+            for path, given, similarity in zip(members.path, members.given, members.similarity)]))
+    return ReviewSection(truth=str(review.truth), cards=cards, warnings=warnings,
+                         heatmap=_heatmap(review), suspects=suspects,
+                         suspects_hidden=len(review.suspects) - len(shown), groups=figures,
+                         groups_hidden=len(review.duplicate_groups()) - len(groups), note=TRAINED_ON_NOTE)
+
+
+def _heatmap(review: Review) -> Heatmap | None:
+    """Cells shaded by their share of the true class's rows, for the classes with most rows."""
+    if review.confusion.empty:
+        return None
+    support = review.confusion.groupby("true")["count"].sum().sort_values(ascending=False, kind="stable")
+    classes = list(support.index[:HEATMAP_CLASSES])
+    longest = max(len(label) for label in classes)
+    cell, left, top = 22, 130, 16 + 6 * min(longest, 18)  # room for the slanted column labels
+    position = {label: i for i, label in enumerate(classes)}
+    cells = [HeatCell(x=left + position[p] * cell, y=top + position[t] * cell, size=cell - 2,
+                      opacity=round(0.08 + 0.92 * int(n) / int(support[t]), 3), count=int(n),
+                      title=f"given {t}, predicted {p}: {int(n)}")
+             for t, p, n in zip(review.confusion.true, review.confusion.predicted, review.confusion["count"])
+             if t in position and p in position]
+    labels = [(label if len(label) <= 18 else label[:17] + "…", top + i * cell + 15, left + i * cell + 14)
+              for i, label in enumerate(classes)]
+    return Heatmap(width=left + len(classes) * cell + 10, height=top + len(classes) * cell + 10,
+                   labels=labels, label_x=left - 6, column_y=top - 6, cells=cells,
+                   hidden=len(support) - len(classes))

@@ -222,3 +222,55 @@ def test_truth_from_a_kept_manifest_column(labelled, tmp_path, capsys):
     code, summary, _ = invoke(capsys, "review", str(tmp_path / "out"), "--truth", "column:given", "--json")
     assert code == 0 and summary["with_truth"] == 30 and summary["unmatched"] == {}
     assert summary["near_threshold"] is None  # no embedding: exact copies only
+
+
+def test_report_with_truth_has_a_review_section_in_chromium(labelled, tmp_path, capsys):
+    import browser
+
+    images, out, flipped, _, mixed = labelled
+    page = tmp_path / "report.html"
+    code, summary, err = invoke(capsys, "report", str(out), "--input", str(images), "--truth", "folder",
+                                "--html", str(page))
+    assert code == 0 and err == ""
+    text = page.read_text()
+    assert "Review against the given labels (folder)" in text and 'aria-label="confusion matrix"' in text
+    assert "different given labels" in text and html_escaped(mixed) in text
+    first_suspect = min(flipped & set(pd.read_parquet(_suspects(out, tmp_path)).path.head(3)))
+    assert html_escaped(first_suspect) in text
+    rendered = browser.load(page, tmp_path)
+    assert rendered.console == [] and rendered.requests == []
+    assert "Likely wrong labels" in rendered.dom
+
+
+def html_escaped(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def _suspects(out, tmp_path) -> Path:
+    assert main(["review", str(out), "--truth", "folder", "--output", str(tmp_path / "r")]) == 0
+    return tmp_path / "r" / "suspects.parquet"
+
+
+def test_label_studio_export_of_the_review(labelled, reviewed, tmp_path, capsys):
+    out, (review_dir, summary) = labelled[1], reviewed
+    dest = tmp_path / "tasks.json"
+    code, line, err = invoke(capsys, "export", str(out), "--format", "label-studio", "--review",
+                             str(review_dir), "--dest", str(dest))
+    assert code == 0 and err == ""
+    tasks = json.loads(dest.read_text())
+    assert line["exported"] == len(tasks) == summary["suspects"] + summary["duplicate_files"]
+    suspects = pd.read_parquet(review_dir / "suspects.parquet")
+    first = tasks[0]
+    assert first["data"]["review"] == "suspect" and first["data"]["path"] == suspects.path[0]
+    given, model = first["predictions"]
+    assert given["model_version"] == "given label"
+    assert given["result"][0]["value"]["choices"] == [suspects.given_label[0]]
+    assert model["result"][0]["value"]["choices"] == [suspects.predicted[0]]
+    assert first["data"]["image"].endswith(suspects.path[0])
+    groups = [task["data"]["group"] for task in tasks if task["data"]["review"] == "duplicate"]
+    assert groups == sorted(groups) and len(set(groups)) == summary["duplicate_groups"]
+    code, _, err = invoke(capsys, "export", str(out), "--format", "csv", "--review", str(review_dir),
+                          "--dest", str(tmp_path / "x.csv"))
+    assert code == 2 and "label-studio" in err
