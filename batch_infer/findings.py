@@ -163,8 +163,9 @@ class Review:
         near = ("no embedding in OUT, so exact copies only (run with --embedding-key or "
                 "--embedding-layer to find near copies)" if self.near_threshold is None
                 else f"near copies at centred cosine similarity >= {self.near_threshold} ({self.threshold_source})")
-        lines.append(f"duplicates: {summary['duplicate_groups']} groups of {summary['duplicate_files']} "
-                     f"files, {summary['mixed_label_groups']} of them with different given labels; {near}")
+        lines.append(f"duplicates: {_count(summary['duplicate_groups'], 'group')} of "
+                     f"{_count(summary['duplicate_files'], 'file')}, {summary['mixed_label_groups']} with "
+                     f"different given labels; {near}")
         lines += [f"warning: {warning}" for warning in self.warnings]
         if review_dir:
             lines.append(f"wrote {', '.join(name + '.parquet' for name in FILES)} to {os.path.abspath(review_dir)}")
@@ -176,6 +177,10 @@ class Review:
             table = pa.Table.from_pandas(getattr(self, name), preserve_index=False)
             write_atomically(os.path.join(review_dir, f"{name}.parquet"),
                              lambda handle, table=table: pq.write_table(table, handle))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _rounded(value: float | None) -> float | None:
