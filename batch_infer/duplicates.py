@@ -9,6 +9,12 @@ default the threshold comes from the data: a pair is a near copy when its distan
 is under AUTO_FACTOR times the median distance from an image to its nearest other image,
 measured on a sample. `--similarity S` fixes it instead.
 
+A model also maps some images it cannot tell apart (low contrast, nothing it was trained to
+see) to one point, and there dozens of different images pass any threshold and chain into one
+false group. So a row with more than CROWD neighbours above the threshold is left out of near
+pairs (and counted): copies come in pairs or small groups, and a crowd of exact copies is still
+found by its hash.
+
 The search is exact (every pair is compared) in blocks of matrix products, so memory stays at a
 few blocks whatever the row count. Pairs of both kinds are joined into connected components.
 """
@@ -21,6 +27,7 @@ import numpy as np
 
 AUTO_FACTOR = 0.1  # measured: see README "Reviewing a labelled dataset"
 AUTO_SAMPLE = 2000
+CROWD = 8
 BLOCK_ROWS, BLOCK_COLUMNS = 2048, 16384  # 128 MiB of float32 similarities at a time
 
 
@@ -81,10 +88,11 @@ def auto_threshold(vectors: np.ndarray, seed: int = 0) -> float:
     return round(1.0 - AUTO_FACTOR * median_distance, 6)
 
 
-def near_pairs(vectors: np.ndarray, threshold: float | None = None) -> tuple[Pairs, float]:
-    """(every pair of rows whose centred cosine similarity is at least `threshold`, the threshold
-    used: `auto_threshold` when None), by blocked products over the upper triangle only.
-    `vectors` (float32) are centred and scaled in place."""
+def near_pairs(vectors: np.ndarray, threshold: float | None = None) -> tuple[Pairs, float, int]:
+    """(every pair of rows whose centred cosine similarity is at least `threshold` and neither of
+    which is crowded, the threshold used: `auto_threshold` when None, the crowded rows), by
+    blocked products over the upper triangle only. `vectors` (float32) are centred and scaled
+    in place."""
     vectors = unit_centred(vectors)
     rows = len(vectors)
     if threshold is None:
@@ -99,8 +107,13 @@ def near_pairs(vectors: np.ndarray, threshold: float | None = None) -> tuple[Pai
             keep = i < j
             found.append((i[keep], j[keep], similarity[i[keep] - top, j[keep] - left]))
     if not found:
-        return Pairs.empty(), threshold
-    return Pairs(*(np.concatenate(parts) for parts in zip(*found))), threshold
+        return Pairs.empty(), threshold, 0
+    pairs = Pairs(*(np.concatenate(parts) for parts in zip(*found)))
+    neighbours = np.bincount(pairs.first, minlength=rows) + np.bincount(pairs.second, minlength=rows)
+    crowded = neighbours > CROWD
+    keep = ~(crowded[pairs.first] | crowded[pairs.second])
+    return (Pairs(pairs.first[keep], pairs.second[keep], pairs.similarity[keep]), threshold,
+            int(crowded.sum()))
 
 
 def components(rows: int, *pairs: Pairs) -> np.ndarray:

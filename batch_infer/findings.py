@@ -98,6 +98,7 @@ class Review:
     duplicates: pd.DataFrame
     near_threshold: float | None  # None: OUT has no embedding, so only exact duplicates
     threshold_source: str  # "auto" or "--similarity"
+    crowded: int  # rows left out of near pairs: more than duplicates.CROWD neighbours
     warnings: list[str]
 
     @property
@@ -134,6 +135,7 @@ class Review:
             "duplicate_groups": len(groups), "duplicate_files": len(self.duplicates),
             "mixed_label_groups": int(groups.mixed_labels.sum()), "near_threshold": self.near_threshold,
             "near_threshold_source": self.threshold_source if self.near_threshold is not None else None,
+            "crowded": self.crowded,
             "warnings": self.warnings, "review": os.path.abspath(review_dir) if review_dir else None,
         }
 
@@ -166,6 +168,9 @@ class Review:
         lines.append(f"duplicates: {_count(summary['duplicate_groups'], 'group')} of "
                      f"{_count(summary['duplicate_files'], 'file')}, {summary['mixed_label_groups']} with "
                      f"different given labels; {near}")
+        if self.crowded:
+            lines.append(f"  {_count(self.crowded, 'image')} left out of near copies: each is as close as a "
+                         f"copy to more than {duplicates.CROWD} others, so the embedding cannot tell them apart")
         lines += [f"warning: {warning}" for warning in self.warnings]
         if review_dir:
             lines.append(f"wrote {', '.join(name + '.parquet' for name in FILES)} to {os.path.abspath(review_dir)}")
@@ -214,12 +219,12 @@ def load(output: str, truth: Truth, similarity: float | None = None) -> Review:
     true = given.map(matching.label_of)
     scored = _scored(rows[ok & true.notna()], given, true)
     warnings = _sorted_folder_warning(rows[ok & given.notna()], given, labels, matching)
-    found, threshold = _duplicates(rows, given, embeddings, similarity)
+    found, threshold, crowded = _duplicates(rows, given, embeddings, similarity)
     return Review(
         output=storage.absolute(output), truth=truth, rows=len(rows), ok=int(ok.sum()),
         top_k=int(max((len(k) for k in rows.top_k_labels[ok]), default=0)), matching=matching,
         labels=labels, scored=scored, per_class=_per_class(scored), confusion=_confusion(scored),
-        suspects=_suspects(scored), duplicates=found, near_threshold=threshold,
+        suspects=_suspects(scored), duplicates=found, near_threshold=threshold, crowded=crowded,
         threshold_source="auto" if similarity is None else "--similarity", warnings=warnings)
 
 
@@ -331,16 +336,16 @@ def _sorted_folder_warning(rows: pd.DataFrame, given: pd.Series, labels: list[st
 
 
 def _duplicates(rows: pd.DataFrame, given: pd.Series, embeddings: tuple[np.ndarray, np.ndarray] | None,
-                similarity: float | None) -> tuple[pd.DataFrame, float | None]:
+                similarity: float | None) -> tuple[pd.DataFrame, float | None, int]:
     """(one row per file in a group of two or more, the near-copy threshold used: None without
-    embeddings). Exact copies have the same content_hash, whatever their status; near copies
+    embeddings, the rows too crowded for near pairs). Exact copies have the same content_hash, whatever their status; near copies
     are ok rows whose embeddings are alike."""
     count = len(rows)
     hashes = rows.content_hash.where(rows.content_hash.notna(), None).tolist() if "content_hash" in rows else [None] * count
-    found, threshold = [duplicates.exact_pairs(hashes)], None
+    found, threshold, crowded = [duplicates.exact_pairs(hashes)], None, 0
     if embeddings is not None:  # only ok rows have one
         numbers, vectors = embeddings
-        near, threshold = duplicates.near_pairs(vectors, similarity)
+        near, threshold, crowded = duplicates.near_pairs(vectors, similarity)
         found.append(duplicates.Pairs(numbers[near.first], numbers[near.second], near.similarity))
     component = duplicates.components(count, *found)
     best = duplicates.best_similarity(count, *found)
@@ -351,8 +356,8 @@ def _duplicates(rows: pd.DataFrame, given: pd.Series, embeddings: tuple[np.ndarr
                           "similarity": best[members].astype(np.float64),
                           "given": given.to_numpy()[members], "predicted": rows.label.to_numpy()[members]})
     if frame.empty:
-        return _NO_DUPLICATES.copy(), threshold
-    return _numbered(frame), threshold
+        return _NO_DUPLICATES.copy(), threshold, crowded
+    return _numbered(frame), threshold, crowded
 
 
 _NO_DUPLICATES = pd.DataFrame({

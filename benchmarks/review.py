@@ -5,9 +5,12 @@
 
 quality: (1) the 450 held-out digits of scikit-learn's load_digits (the sample model never saw
 them), scored by sample_data/digits.keras with its 32-d penultimate layer as the embedding;
-(2) 400 crops of scikit-learn's two photos at random places and scales, scored by an untrained
-MobileNetV2 with its 1,280-d pooled features. Into each: 5 % of labels flipped to another class
-(digits), 20 exact copies, and 40 near copies (1.5x or 0.75x bicubic, then JPEG quality 70).
+(2) 1,000 drawn shapes (circle, square, triangle, cross; random sizes, places and colours on
+random backgrounds), scored by a small CNN trained here on 3,000 others, with its 64-d
+penultimate layer; (3) 400 crops of scikit-learn's two photos at random places and scales,
+scored by an untrained MobileNetV2 with its 1,280-d pooled features. Into each: 5 % of labels
+flipped to another class (not the photos), 20 exact copies, and 40 near copies (1.5x or 0.75x
+bicubic, then JPEG quality 70).
 Prints the share of flipped files among the top 10 % of rows by doubt, and for copies the pairs
 found and the false pairs, at the automatic threshold and at fixed ones.
 
@@ -74,6 +77,52 @@ def photo_crops(count: int = 400) -> list[tuple[Image.Image, str]]:
     return crops
 
 
+SHAPES = ["circle", "square", "triangle", "cross"]
+
+
+def shape(kind: str, rng: np.random.Generator) -> Image.Image:
+    from PIL import ImageDraw
+
+    width, height = (int(v) for v in rng.integers(80, 200, 2))
+    image = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 255, 3)))
+    draw, colour = ImageDraw.Draw(image), tuple(int(v) for v in rng.integers(0, 255, 3))
+    side = int(rng.integers(20, min(width, height) - 10))
+    x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+    if kind == "circle":
+        draw.ellipse((x, y, x + side, y + side), fill=colour)
+    elif kind == "square":
+        draw.rectangle((x, y, x + side, y + side), fill=colour)
+    elif kind == "triangle":
+        draw.polygon([(x, y + side), (x + side, y + side), (x + side // 2, y)], fill=colour)
+    else:
+        draw.rectangle((x + side // 3, y, x + 2 * side // 3, y + side), fill=colour)
+        draw.rectangle((x, y + side // 3, x + side, y + 2 * side // 3), fill=colour)
+    return image
+
+
+def shapes_model(path: str) -> tuple[str, list[tuple[Image.Image, str]]]:
+    """(a CNN trained on 3,000 drawn shapes, saved with its labels; 1,000 new drawn shapes)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    kinds = np.arange(3000) % 4
+    pixels = np.stack([np.asarray(shape(SHAPES[k], rng).resize((64, 64), Image.BILINEAR), np.float32)
+                       for k in kinds])
+    model = keras.Sequential([
+        keras.Input((64, 64, 3)), keras.layers.Rescaling(1 / 255),
+        keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(64, activation="relu"), keras.layers.Dense(4, activation="softmax")])
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.fit(pixels, kinds, epochs=40, batch_size=64, verbose=0)
+    model.save(path)
+    with open(path.replace(".keras", ".labels.txt"), "w") as handle:
+        handle.write("\n".join(SHAPES) + "\n")
+    return path, [(shape(SHAPES[n % 4], rng), SHAPES[n % 4]) for n in range(1000)]
+
+
 def plant(images: list[tuple[Image.Image, str]], root: str, classes: list[str], flip: float,
           seed: int = 1) -> tuple[set[str], set[frozenset[str]]]:
     """Writes the images as PNGs under root/<given label>/, flipping a share `flip` of labels
@@ -129,7 +178,8 @@ def quality_of(name: str, model: str, embedding: list[str], images, classes, fli
                                      *extra).stdout)
             pairs = found_pairs(pd.read_parquet(os.path.join(review_dir, "duplicates.parquet")))
             line = (f"threshold {summary['near_threshold']} ({summary['near_threshold_source']}): "
-                    f"copy pairs found {len(pairs & planted)}/{len(planted)}, false pairs {len(pairs - planted)}")
+                    f"copy pairs found {len(pairs & planted)}/{len(planted)}, false pairs {len(pairs - planted)}, "
+                    f"crowded rows {summary['crowded']}")
             if similarity is None and flip:
                 suspects = pd.read_parquet(os.path.join(review_dir, "suspects.parquet"))
                 top = set(suspects[suspects["rank"] <= 0.1 * summary["rows"]].path)
@@ -145,6 +195,13 @@ def quality() -> None:
 
     quality_of("held-out digits, digits.keras penultimate (32-d)", os.path.join(REPO, "sample_data", "digits.keras"),
                ["--embedding-layer", "penultimate"], digit_images(), DIGITS, flip=0.05)
+    work = tempfile.mkdtemp(prefix="bench-review-shapes-")
+    try:
+        model, images = shapes_model(os.path.join(work, "shapes.keras"))
+        quality_of("drawn shapes, a small CNN's penultimate layer (64-d)", model,
+                   ["--embedding-layer", "penultimate"], images, SHAPES, flip=0.05)
+    finally:
+        shutil.rmtree(work)
     quality_of("photo crops, untrained MobileNetV2 features (1,280-d)", corpora.make_mobilenet_features(),
                ["--output-key", "probs", "--embedding-key", "features"], photo_crops(), [], flip=0.0)
 
