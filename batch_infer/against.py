@@ -321,8 +321,8 @@ def _summarise(model_path, labelled_dir, candidates, top1, confidence, scored, t
                  else "a paired z-test on per-file top-1 confidence") + "; files to separate at the "
                 "5 % level with 80 % power",
         "stopped_early": sum(row["scored"] < files for row in rows),
-        "stopping_rule": f"scoring stops for a candidate behind the leader at p < {PRUNE_P:g} ({test}) "
-                         f"when the files scored reach {BATCH}, {2 * BATCH}, {4 * BATCH}, ...",
+        "stopping_rule": f"a candidate behind the leader at p < {PRUNE_P:g} ({test}) when the files scored "
+                         f"reach {BATCH}, {2 * BATCH}, {4 * BATCH}, ... is scored no further",
     }
 
 
@@ -348,8 +348,8 @@ def format_comparison(result: dict) -> str:
         lines.append(f"{row['flags']:<{width}}  {files:>6}  {accuracy:>7}  {row['mean_top1_score']:>10.3f}  "
                      f"{_percent(row['agreement_with_best']):>16}")
     if result["stopped_early"]:
-        lines.append(f"* stopped early, figures on the first files of the sample only: "
-                     f"{result['stopping_rule']}; agreement and p-values are against the best on those files.")
+        lines.append(f"* stopped early: {result['stopping_rule']}; its figures and its comparison with the "
+                     "best are on the files it was scored on.")
     best = result["best"]
     lines.append("")
     lines.append(f"best: {best['flags']}")
