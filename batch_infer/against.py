@@ -35,6 +35,7 @@ from .tf_import import tf
 
 SEED = 0
 BATCH = 32
+DECODING = DecodeOptions(10**8, 512, True, True)  # `run`'s defaults
 PRUNE_P = 0.001  # a candidate this far behind the leader stops being scored (see `_score`)
 Z_ALPHA, Z_POWER = 1.96, 0.8416  # two-sided 5 % level, 80 % power
 
@@ -150,18 +151,19 @@ def _decoded(files, spec, geometries, plan):
     decode left out. Geometries that want the same JPEG scale (`scale_target`) share one decode,
     so each file is decoded once (twice when --crop-fraction sets stretch and crop apart from
     pad) and resized once per geometry: the inputs `run` gives, one decode graph, cheap to trace."""
-    targets = sorted({scale_target(spec, resize) for resize in geometries if resize is not None})
-    options = {target: DecodeOptions(10**8, 512, True, True, next(
-        resize for resize in geometries if scale_target(spec, resize) == target)) for target in targets}
+    options = {}
+    for resize in geometries:
+        if resize is not None:
+            options.setdefault(scale_target(spec, resize), replace(DECODING, resize=resize))
 
     def load(index, path):
         data = tf.io.read_file(path)
         header = headers.read_header(data)
-        data = checked(data, header, spec, DecodeOptions(10**8, 512, True, True))
+        data = checked(data, header, spec, DECODING)
         if spec.encoded:
             return index, (data,)
-        upright = {target: to_channels(pixels(data, header, spec, options[target]), spec.channels)
-                   for target in targets}
+        upright = {target: to_channels(pixels(data, header, spec, decoding), spec.channels)
+                   for target, decoding in options.items()}
         return index, tuple(resized(upright[scale_target(spec, resize)], spec.image_size, resize)
                             for resize in geometries)
 
@@ -216,8 +218,8 @@ def _score(model, head, files, geometries, candidates, truth, labelled, plan):
         if len(decoded) == before or len(decoded) == len(files):
             break
         seen = truth[decoded]
-        active = [i for i in active if not _behind(_ranked(active, top1, confidence, seen, scored, labelled,
-                                                           candidates)[0], i, top1, confidence, seen, labelled)]
+        leader = _ranked(active, top1, confidence, seen, scored, labelled, candidates)[0]
+        active = [i for i in active if not _behind(leader, i, top1, confidence, seen, labelled)]
     if not decoded:
         raise ConfigError("None of the sampled files could be decoded; check the --against folder.")
     return top1[:, :len(decoded)], confidence[:, :len(decoded)], scored, np.array(decoded)
