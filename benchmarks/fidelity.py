@@ -97,7 +97,7 @@ def fidelity(tf) -> list[tuple[str, float, float]]:
         scaled_options = DecodeOptions(10**8, 512, True, True, resize)
         full_options = DecodeOptions(10**8, 512, True, False, resize)
         psnrs, agree = [], 0
-        for (_, a), (_, b) in zip(batches(files, model.spec, 32, scaled_options),
+        for (_, a, _), (_, b, _) in zip(batches(files, model.spec, 32, scaled_options),
                                   batches(files, model.spec, 32, full_options)):
             x, y = a.numpy().astype(np.float64), b.numpy().astype(np.float64)
             mse = np.maximum(((x - y) ** 2).mean(axis=(1, 2, 3)), 1e-12)
