@@ -7,7 +7,7 @@ prints three Markdown tables (corpora and the MobileNetV2 from corpora.py, made 
 - throughput: `run` images/s per preprocessing on the photos corpus (500x375 JPEGs) twice over,
   MobileNetV2, batch size 32, the marginal rate of the second 600 files (`throughput`); the
   modes take turns within each of three rounds, so that they share the machine's load, and the
-  ratio to stretch is the median of the rounds' ratios.
+  ratio to stretch is the median of the rounds' ratios; the same for the CPU time per image.
 - fidelity: for stretch, crop and pad on the camera corpus (160 JPEGs of 4000x3000), the
   scaled JPEG decode `run` uses against a full decode and the same resize: mean PSNR of the
   model inputs and top-1 agreement of the model.
@@ -50,34 +50,44 @@ LEVELS_PER_CLASS = 20
 FITTED_ON = ("crop", "symmetric")
 
 
-def _seconds(model: str, folder: str, options: dict) -> float:
+def _seconds(model: str, folder: str, options: dict) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one run."""
     from batch_infer.api import score
 
     output = tempfile.mkdtemp(prefix="bench-fidelity-")
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         summary = score(model, folder, os.path.join(output, "out"), batch_size=32, **options)
         assert summary["errors"] == 0, summary
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
     finally:
         shutil.rmtree(output)
 
 
-def throughput(tf) -> list[tuple[str, float, float]]:
-    """(preprocessing, median images/s, median ratio to stretch). `run` as a function in this
-    process, so TensorFlow's start-up is paid once; each figure is the marginal rate between the
-    a/ half and the whole corpus (600 and 1,200 files), which cancels the model load."""
+def throughput(tf) -> list[tuple[str, float, float, float, float]]:
+    """(preprocessing, images/s, its ratio to stretch, CPU ms per image, its ratio to stretch),
+    medians over the rounds. `run` as a function in this process, so TensorFlow's start-up is
+    paid once; each figure is the marginal between the a/ half and the whole corpus (600 and
+    1,200 files), which cancels the model load. CPU time moves less than wall time when other
+    work shares the machine."""
     folder = corpora.repeated(corpora.make_corpus("photos", tf), 2)
     model = corpora.make_mobilenet()
     files = len(os.listdir(os.path.join(folder, "b")))
     _seconds(model, os.path.join(folder, "a"), {})  # warm-up: first loads, allocator
     rates: dict[str, list[float]] = {name: [] for name in MODES}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in MODES}
     for _ in range(ROUNDS):
         for name, options in MODES.items():
-            half_s = _seconds(model, os.path.join(folder, "a"), options)
-            rates[name].append(files / (_seconds(model, folder, options) - half_s))
-    return [(name, statistics.median(rate), statistics.median(
-        mine / stretch for mine, stretch in zip(rate, rates["stretch"]))) for name, rate in rates.items()]
+            half_s, half_cpu_s = _seconds(model, os.path.join(folder, "a"), options)
+            full_s, full_cpu_s = _seconds(model, folder, options)
+            rates[name].append(files / (full_s - half_s))
+            cpu_ms[name].append(1000 * (full_cpu_s - half_cpu_s) / files)
+
+    def ratio(figures, name):
+        return statistics.median(mine / stretch for mine, stretch in zip(figures[name], figures["stretch"]))
+
+    return [(name, statistics.median(rates[name]), ratio(rates, name), statistics.median(cpu_ms[name]),
+             ratio(cpu_ms, name)) for name in MODES]
 
 
 def fidelity(tf) -> list[tuple[str, float, float]]:
@@ -200,9 +210,9 @@ def main() -> None:
     parts = args.only.split(",")
     print(f"{os.cpu_count()} cores, TensorFlow {tf.__version__}", flush=True)
     if "throughput" in parts:
-        print("\n| preprocessing | images/s | vs stretch |\n|---|---|---|")
-        for name, rate, ratio in throughput(tf):
-            print(f"| {name} | {rate:.1f} | {ratio:.2f}x |", flush=True)
+        print("\n| preprocessing | images/s | vs stretch | CPU ms per image | vs stretch |\n|---|---|---|---|---|")
+        for name, rate, ratio, cpu_ms, cpu_ratio in throughput(tf):
+            print(f"| {name} | {rate:.1f} | {ratio:.2f}x | {cpu_ms:.1f} | {cpu_ratio:.2f}x |", flush=True)
     if "fidelity" in parts:
         print("\n| resize | PSNR, dB | top-1 agreement |\n|---|---|---|")
         for name, psnr, agreement in fidelity(tf):
