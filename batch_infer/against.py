@@ -5,8 +5,10 @@ A seeded sample of LABELLED_DIR (one folder per class, spread evenly over the cl
 under every candidate that applies to the signature: each resize mode, with and without
 antialias, times each pixel scaling (float inputs; uint8 inputs take raw only, and models that
 take encoded bytes prepare images themselves, so they have one candidate). Each file is decoded
-once per resize and the pixels are reused for every scaling, so the cost is a few decodes and
-one model call per candidate and file.
+once and resized once per resize, and the pixels are reused for every scaling, so the cost is
+the model calls: one per candidate and batch of files. Most candidates are clearly wrong after a
+few dozen files, so they race (`_score`): those far behind the leader stop early, and only the
+ones that may still win are scored on the whole sample.
 
 Candidates are ranked by top-1 accuracy (then mean top-1 score). Whether the best is really
 better than the others is McNemar's test on the files where two candidates disagree; the number
@@ -15,6 +17,7 @@ of files that would separate them is the usual sample-size estimate for that tes
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -24,7 +27,7 @@ import numpy as np
 
 from . import headers, parallel
 from .config import DEFAULT_EXTENSIONS, PREPROCESS_MODES, ConfigError
-from .decoding import DecodeOptions, Resize, to_channels, checked, pixels, resized, scaled
+from .decoding import DecodeOptions, Resize, checked, pixels, resized, scale_target, scaled, to_channels
 from .heads import Classification
 from .listing import list_images
 from .model import load_model
@@ -32,6 +35,8 @@ from .tf_import import tf
 
 SEED = 0
 BATCH = 32
+DECODING = DecodeOptions(10**8, 512, True, True)  # `run`'s defaults
+PRUNE_P = 0.001  # a candidate this far behind the leader stops being scored (see `_score`)
 Z_ALPHA, Z_POWER = 1.96, 0.8416  # two-sided 5 % level, 80 % power
 
 
@@ -135,55 +140,114 @@ def compare(model_path: str, labelled_dir: str, sample: int = 200, signature: st
     else:
         geometries = resizes(base, spec)
         candidates = [Candidate(resize, preprocess) for resize in geometries for preprocess in scalings(spec)]
-    top1, confidence, decoded = _score(model, head, [item for _, item in chosen], geometries, candidates, plan)
-    truth = truth[decoded]
-    return _summarise(model_path, labelled_dir, candidates, top1, confidence, truth, labelled, matched,
-                      unmatched, len(chosen), len(by_folder))
+    top1, confidence, scored, decoded = _score(model, head, [item for _, item in chosen], geometries,
+                                               candidates, truth, labelled, plan)
+    return _summarise(model_path, labelled_dir, candidates, top1, confidence, scored, truth[decoded], labelled,
+                      matched, unmatched, len(chosen), len(by_folder))
 
 
-def _score(model, head, files, geometries, candidates, plan):
-    """(top-1 class [candidates, files], top-1 score, positions of the files that decoded)."""
-    spec = model.spec
-    # Each file is decoded once (at the finest JPEG scale any candidate needs: all but pad share
-    # the crop fraction), then resized once per candidate resize: one decode graph, cheap to trace.
-    options = DecodeOptions(10**8, 512, True, True, geometries[0] or Resize())
+def _decoded(files, spec, geometries, plan):
+    """Batches of (sample positions, pixels per geometry) in sample order, files that fail to
+    decode left out. Geometries that want the same JPEG scale (`scale_target`) share one decode,
+    so each file is decoded once (twice when --crop-fraction sets stretch and crop apart from
+    pad) and resized once per geometry: the inputs `run` gives, one decode graph, cheap to trace."""
+    options = {}
+    for resize in geometries:
+        if resize is not None:
+            options.setdefault(scale_target(spec, resize), replace(DECODING, resize=resize))
 
     def load(index, path):
         data = tf.io.read_file(path)
         header = headers.read_header(data)
-        data = checked(data, header, spec, options)
+        data = checked(data, header, spec, DECODING)
         if spec.encoded:
             return index, (data,)
-        upright = to_channels(pixels(data, header, spec, options), spec.channels)
-        return index, tuple(resized(upright, spec.image_size, resize) for resize in geometries)
+        upright = {target: to_channels(pixels(data, header, spec, decoding), spec.channels)
+                   for target, decoding in options.items()}
+        return index, tuple(resized(upright[scale_target(spec, resize)], spec.image_size, resize)
+                            for resize in geometries)
 
     paths = np.array([item.fs_path for item in files], dtype=object)
     threading = tf.data.Options()
     threading.autotune.enabled = False  # as in `pipeline`
     threading.threading.private_threadpool_size = plan.decode
     threading.threading.max_intra_op_parallelism = 1
-    dataset = (tf.data.Dataset.from_tensor_slices((np.arange(len(files)), paths))
-               .map(load, num_parallel_calls=plan.decode, deterministic=True)
-               .ignore_errors().batch(BATCH).prefetch(plan.streams + 1).with_options(threading))
+    return (tf.data.Dataset.from_tensor_slices((np.arange(len(files)), paths))
+            .map(load, num_parallel_calls=plan.decode, deterministic=True)
+            .ignore_errors().batch(BATCH).prefetch(plan.streams + 1).with_options(threading))
+
+
+def _score(model, head, files, geometries, candidates, truth, labelled, plan):
+    """(top-1 class [candidates, decoded files], top-1 score, files each candidate was scored on,
+    sample positions of the files that decoded), racing the candidates.
+
+    Every candidate scores the first batch; each time the files scored double (32, 64, 128, ...)
+    the candidates clearly behind the leader (`_behind`) stop, so only those that may still win
+    get the whole sample. Each candidate's files are thus the first ones of the sample, which is
+    spread over the classes at any length. A model call is one batch under one candidate, and
+    the streams run calls of different candidates side by side.
+    """
+    spec = model.spec
+    batches = iter(_decoded(files, spec, geometries, plan))
+    top1 = np.zeros((len(candidates), len(files)), np.int64)
+    confidence = np.zeros((len(candidates), len(files)))
+    scored = np.zeros(len(candidates), np.int64)
+    decoded: list[int] = []
+    active = list(range(len(candidates)))
 
     def predict(job):
-        index, per_geometry = job
-        rows = []
-        for candidate in candidates:
-            pixels = per_geometry[geometries.index(candidate.resize)]
-            batch = pixels if spec.encoded else scaled(pixels, replace(spec, preprocess=candidate.preprocess))
-            scores = head.scores(model.predict(batch))
-            rows.append((scores.argmax(axis=1), scores.max(axis=1)))
-        return index.numpy(), rows
+        (_, per_geometry), candidate = job
+        pixels = per_geometry[geometries.index(candidates[candidate].resize)]
+        batch = pixels if spec.encoded else scaled(pixels, replace(spec, preprocess=candidates[candidate].preprocess))
+        scores = head.scores(model.predict(batch))
+        return scores.argmax(axis=1), scores.max(axis=1)
 
-    decoded, top1, confidence = [], [], []
-    for _, (index, rows) in parallel.in_order(predict, iter(dataset), plan.streams):
-        decoded.append(index)
-        top1.append(np.stack([classes for classes, _ in rows]))
-        confidence.append(np.stack([score for _, score in rows]))
+    def jobs(count):
+        for batch in itertools.islice(batches, count):
+            yield from ((batch, candidate) for candidate in active)
+
+    while True:
+        before = len(decoded)
+        for ((index, _), candidate), (classes, scores) in parallel.in_order(predict, jobs(max(1, before // BATCH)),
+                                                                            plan.streams):
+            if candidate == active[0]:
+                decoded.extend(index.numpy())
+            end = len(decoded)
+            top1[candidate, end - len(classes):end], confidence[candidate, end - len(classes):end] = classes, scores
+            scored[candidate] = end
+        if len(decoded) == before or len(decoded) == len(files):
+            break
+        seen = truth[decoded]
+        leader = _ranked(active, top1, confidence, seen, scored, labelled, candidates)[0]
+        active = [i for i in active if not _behind(leader, i, top1, confidence, seen, labelled)]
     if not decoded:
         raise ConfigError("None of the sampled files could be decoded; check the --against folder.")
-    return np.concatenate(top1, axis=1), np.concatenate(confidence, axis=1), np.concatenate(decoded)
+    return top1[:, :len(decoded)], confidence[:, :len(decoded)], scored, np.array(decoded)
+
+
+def _ranked(indices, top1, confidence, truth, scored, labelled, candidates) -> list[int]:
+    """`indices` best first: the most files scored, then top-1 accuracy and mean top-1 score on
+    them (the score alone when no folder matches a label); exact ties go to the candidate closest
+    to the defaults (fewest flags)."""
+    def key(i):
+        files = slice(0, scored[i])
+        accuracy = float((top1[i, files] == truth[files]).mean()) if labelled else 0.0
+        return -scored[i], -accuracy, -float(confidence[i, files].mean()), len(candidates[i].flags().split())
+
+    return sorted(indices, key=key)
+
+
+def _behind(leader, other, top1, confidence, truth, labelled) -> bool:
+    """Whether `other` is so far behind `leader` on the files both were scored on that it cannot
+    be expected to catch up: p < PRUNE_P in the test that says "within noise" at 5 %."""
+    if other == leader:
+        return False
+    files = slice(0, len(truth))
+    if labelled:
+        p, _ = mcnemar(top1[leader, files] == truth, top1[other, files] == truth)
+    else:
+        p, _ = paired(confidence[leader, files], confidence[other, files])
+    return p < PRUNE_P
 
 
 def mcnemar(best_right: np.ndarray, other_right: np.ndarray) -> tuple[float, int | None]:
@@ -214,46 +278,53 @@ def paired(best: np.ndarray, other: np.ndarray) -> tuple[float, int | None]:
     return p, (math.ceil(((Z_ALPHA + Z_POWER) * spread / mean) ** 2) if mean else None)
 
 
-def _summarise(model_path, labelled_dir, candidates, top1, confidence, truth, labelled, matched,
+def _summarise(model_path, labelled_dir, candidates, top1, confidence, scored, truth, labelled, matched,
                unmatched, sampled, folders) -> dict:
+    """Each candidate's figures on the files it was scored on, compared with the best on the same
+    files; the candidates that were stopped early come after those scored on every file."""
     files = top1.shape[1]
     right = top1 == truth[None, :]
-    accuracy = right.mean(axis=1)
-    mean_score = confidence.mean(axis=1)
-    key = (lambda i: (accuracy[i], mean_score[i])) if labelled else (lambda i: (mean_score[i],))
-    # Exact ties go to the candidate closest to the defaults (fewest flags).
-    order = sorted(range(len(candidates)),
-                   key=lambda i: (*(-v for v in key(i)), len(candidates[i].flags().split())))
+    order = _ranked(range(len(candidates)), top1, confidence, truth, scored, labelled, candidates)
     best = order[0]
     rows = []
     for i in order:
+        mine = slice(0, scored[i])
         if i == best:
             p, needed = 1.0, None
         elif labelled:
-            p, needed = mcnemar(right[best], right[i])
+            p, needed = mcnemar(right[best, mine], right[i, mine])
         else:
-            p, needed = paired(confidence[best], confidence[i])
-        rows.append({**candidates[i].as_dict(), "top1_accuracy": float(accuracy[i]) if labelled else None,
-                     "mean_top1_score": float(mean_score[i]),
-                     "agreement_with_best": float((top1[i] == top1[best]).mean()),
+            p, needed = paired(confidence[best, mine], confidence[i, mine])
+        rows.append({**candidates[i].as_dict(), "scored": int(scored[i]),
+                     "top1_accuracy": float(right[i, mine].mean()) if labelled else None,
+                     "mean_top1_score": float(confidence[i, mine].mean()),
+                     "agreement_with_best": float((top1[i, mine] == top1[best, mine]).mean()),
                      "p_value_vs_best": p, "files_to_separate": needed})
     close = [row for row in rows[1:] if row["p_value_vs_best"] > 0.05]
-    # The lead is over the best candidate that gave a different outcome somewhere.
+    # The lead is over the best candidate that gave a different outcome somewhere, on its files.
     runner_up = next((row for row in rows[1:] if row["files_to_separate"] is not None
                       or row["p_value_vs_best"] < 1.0), None)
-    measure = "top1_accuracy" if labelled else "mean_top1_score"
+    if runner_up is None:
+        lead = None
+    else:
+        mine = slice(0, runner_up["scored"])
+        best_figure = right[best, mine].mean() if labelled else confidence[best, mine].mean()
+        lead = float(best_figure - runner_up["top1_accuracy" if labelled else "mean_top1_score"])
+    test = "McNemar's exact test" if labelled else "a paired z-test on per-file top-1 confidence"
     return {
         "model": model_path, "against": labelled_dir, "files_sampled": sampled, "files_scored": files,
         "seed": SEED, "folders": folders, "matched_folders": dict(sorted(matched.items())),
         "unmatched_folders": unmatched,
         "signal": "top-1 accuracy" if labelled else "mean top-1 confidence (no folder matches a label: a weak signal)",
         "candidates": rows, "best": rows[0],
-        "runner_up": runner_up,
-        "lead": None if runner_up is None else float(rows[0][measure] - runner_up[measure]),
+        "runner_up": runner_up, "lead": lead,
         "within_noise": [row["flags"] for row in close],
         "test": ("McNemar's exact test on the files where two candidates disagree" if labelled
                  else "a paired z-test on per-file top-1 confidence") + "; files to separate at the "
                 "5 % level with 80 % power",
+        "stopped_early": sum(row["scored"] < files for row in rows),
+        "stopping_rule": f"a candidate behind the leader at p < {PRUNE_P:g} ({test}) when the files scored "
+                         f"reach {BATCH}, {2 * BATCH}, {4 * BATCH}, ... is scored no further",
     }
 
 
@@ -272,11 +343,15 @@ def format_comparison(result: dict) -> str:
         lines.append("folders matching no label (not sampled): " + ", ".join(result["unmatched_folders"]))
     lines.append("")
     width = max(len(row["flags"]) for row in result["candidates"])
-    lines.append(f"{'candidate':<{width}}  {'top-1':>7}  {'mean score':>10}  {'agrees with best':>16}")
+    lines.append(f"{'candidate':<{width}}  {'files':>6}  {'top-1':>7}  {'mean score':>10}  {'agrees with best':>16}")
     for row in result["candidates"]:
         accuracy = _percent(row["top1_accuracy"]) if labelled else "-"
-        lines.append(f"{row['flags']:<{width}}  {accuracy:>7}  {row['mean_top1_score']:>10.3f}  "
+        files = f"{row['scored']}{'*' if row['scored'] < result['files_scored'] else ' '}"
+        lines.append(f"{row['flags']:<{width}}  {files:>6}  {accuracy:>7}  {row['mean_top1_score']:>10.3f}  "
                      f"{_percent(row['agreement_with_best']):>16}")
+    if result["stopped_early"]:
+        lines.append(f"* stopped early: {result['stopping_rule']}; its figures and its comparison with the "
+                     "best are on the files it was scored on.")
     best = result["best"]
     lines.append("")
     lines.append(f"best: {best['flags']}")

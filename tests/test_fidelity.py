@@ -251,6 +251,45 @@ def test_against_names_the_centre_crop_and_symmetric_scaling(trained, capsys):
     assert all("--resize crop" in flags and "symmetric" in flags for flags in result["within_noise"])
 
 
+def test_against_stops_scoring_clear_losers_and_keeps_the_winner(trained, tmp_path, capsys):
+    """96 files: every candidate scores the first 32, the clearly wrong ones stop there, and the
+    best and the figures of the rest are those of a direct evaluation of every candidate on every
+    file (decode, scale, model), ranked the same way."""
+    from batch_infer.against import Candidate, resizes, scalings
+    from batch_infer.cli import main
+
+    centre = trained[0]
+    folder = models.write_level_photos(tmp_path / "many", 24, seed=8)
+    assert main(["inspect", centre, "--against", folder, "--sample", "96", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {row["flags"]: row for row in result["candidates"]}
+    assert result["files_scored"] == 96 and len(rows) == 30
+    stopped = [row for row in rows.values() if row["scored"] < 96]
+    assert stopped and all(row["scored"] in (32, 64) for row in stopped)
+    assert result["stopped_early"] == len(stopped)
+
+    files = list_images(folder, ("png",))
+    truth = np.array([models.LEVEL_LABELS.index(item.path.split("/")[0]) for item in files])
+    spec = load_model(centre).spec
+    direct = {}
+    for resize in resizes(Resize(), spec):
+        for preprocess in scalings(spec):
+            model = load_model(centre, preprocess=preprocess)
+            images = tf.stack([decode(tf.io.read_file(item.fs_path), model.spec,
+                                      DecodeOptions(10**8, 512, True, True, resize)) for item in files])
+            (scores,) = model.predict(images).values()  # softmax probabilities
+            flags = Candidate(resize, preprocess).flags()
+            direct[flags] = ((scores.argmax(1) == truth).mean(), scores.max(1).mean(), len(flags.split()))
+    best = min(direct, key=lambda flags: (-direct[flags][0], -direct[flags][1], direct[flags][2]))
+    assert result["best"]["flags"] == best
+    for flags, row in rows.items():
+        if row["scored"] == 96:
+            assert row["top1_accuracy"] == pytest.approx(direct[flags][0])
+            assert row["mean_top1_score"] == pytest.approx(direct[flags][1], abs=1e-5)
+        else:
+            assert direct[flags][0] < direct[best][0] - 0.2
+
+
 def test_against_says_within_noise_when_it_cannot_tell(trained, capsys):
     """Uniform images give stretch and crop the same pixels: raw wins, and the resize is a tie."""
     from batch_infer.cli import main
