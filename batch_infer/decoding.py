@@ -163,9 +163,9 @@ class Decoder:
 def _jpeg(data, header, options, target_side):
     """Decoded at 1 / JPEG_RATIOS[scale] of its size by libjpeg itself (--scaled-decode)."""
     scale = _jpeg_scale(header, target_side) if options.scaled_decode else tf.constant(0, tf.int32)
-    image = _switch(scale, [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=0, ratio=ratio)
-                            for ratio in JPEG_RATIOS])
-    return _upright(image, headers.exif_orientation(data)) if options.exif_transpose else image
+    image = tf.switch_case(scale, [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=0, ratio=ratio)
+                                   for ratio in JPEG_RATIOS])
+    return _upright(image, headers.exif_orientation(data, header)) if options.exif_transpose else image
 
 
 def _any_format(data, header, options, target_side):
@@ -267,29 +267,21 @@ def _keras_pixels(data: tf.Tensor, header: headers.Header, spec: InputSpec, opti
     image = tf.io.decode_image(data, channels=spec.channels, expand_animations=False)
     if options.exif_transpose:
         image = tf.cond(header.format == headers.JPEG,
-                        lambda: _upright(image, headers.exif_orientation(data)), lambda: image)
+                        lambda: _upright(image, headers.exif_orientation(data, header)), lambda: image)
     image.set_shape((None, None, spec.channels))
     return image
 
 
 def pixels(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
     """The file's pixels by the first decoder in DECODERS that takes it: one switch, so that each
-    file pays for its own format's work only."""
+    file pays for its own format's work only (in tf.data every cond is a function call per
+    file, tens of microseconds, a fair share of a small PNG)."""
     if options.decoder == "keras":
         return _keras_pixels(data, header, spec, options)
     branch = tf.argmax(tf.stack([decoder.takes(header, options) for decoder in DECODERS]), output_type=tf.int32)
     target_side = scale_target(spec, options.resize)
-    return _switch(branch, [lambda decoder=decoder: decoder.decode(data, header, options, target_side)
-                            for decoder in DECODERS])
-
-
-def _switch(index: tf.Tensor, branches: list[Callable[[], tf.Tensor]]) -> tf.Tensor:
-    """tf.switch_case as nested tf.cond: in a tf.data map, TensorFlow inlines a cond into the
-    graph, while a switch_case stays a function call per file (about 20 µs, a tenth of a small
-    PNG's decode)."""
-    if len(branches) == 1:
-        return branches[0]()
-    return tf.cond(index == 0, branches[0], lambda: _switch(index - 1, branches[1:]))
+    return tf.switch_case(branch, [lambda decoder=decoder: decoder.decode(data, header, options, target_side)
+                                   for decoder in DECODERS])
 
 
 def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
@@ -506,7 +498,7 @@ class ModelInputs:
     """`model_input` for pixels from the fallback, traced once for any size and channel count."""
 
     def __init__(self, spec: InputSpec, resize: Resize = Resize()):
-        self.function = tf.function(lambda image: model_input(image, spec, resize),
+        self.function = tf.function(lambda image: model_input(image, spec, resize), autograph=False,
                                     input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
 
     def __call__(self, images: list[np.ndarray]) -> tf.Tensor:

@@ -42,8 +42,7 @@ _FIELDS = {
 
 # Every magic number and fixed field (the last, a BMP's compression, ends at byte 34).
 HEAD_BYTES = 34
-# Where a JPEG's EXIF block is looked for: an APP1 segment is at most 64 KiB and comes first,
-# after at most a short JFIF APP0 segment.
+# Where a JPEG's EXIF block is looked for (see `_exif_at`).
 EXIF_SEARCH_BYTES = 65 * 1024
 _IFD_ENTRIES = 64  # IFD0 of a camera JPEG has 10 to 20 entries
 
@@ -62,6 +61,7 @@ class Header(NamedTuple):
     # (TensorFlow ignores them: BGRA order is assumed), 1, 4 or 16 bits
     webp_metadata: tf.Tensor  # bool: an EXIF or XMP chunk, which may say how to turn it upright
     png_metadata: tf.Tensor  # bool: a PNG chunk that may say so too (`png_metadata`), when asked
+    exif_at: tf.Tensor  # int64: where a JPEG's EXIF APP1 segment starts, -1 if none (or not asked)
 
 
 def _window(data: tf.Tensor, offset, length: int) -> tf.Tensor:
@@ -176,7 +176,7 @@ def _colour_table_size(flags: int) -> int:
 def read_headers(data: tf.Tensor, orientation: bool = True) -> Header:
     """The Header of each file of a batch ([files] strings), as [files] tensors, except the size
     of JPEGs, which `with_jpeg_size` adds file by file (0 until then). PNGs are scanned for
-    `png_metadata` only when `orientation` matters.
+    `png_metadata`, and JPEGs for their EXIF block, only when `orientation` matters.
 
     String and arithmetic ops take the whole batch at once, so a batch of small files pays for
     the few dozen ops of this read once, not once per file.
@@ -211,7 +211,19 @@ def read_headers(data: tf.Tensor, orientation: bool = True) -> Header:
         odd_bmp=(kind == BMP) & (os2 | (field["bmp_compression"] != 0)
                                  | ((field["bmp_bits"] != 8) & (field["bmp_bits"] != 24) & (field["bmp_bits"] != 32))),
         webp_metadata=(kind == WEBP) & extended & (field["vp8x_flags"] // 4 % 4 != 0),  # bits 2, 3
-        png_metadata=png_metadata(tf.where(kind == PNG, data, "")) if orientation else kind < 0)
+        png_metadata=png_metadata(tf.where(kind == PNG, data, "")) if orientation else kind < 0,
+        exif_at=_exif_at(data, kind == JPEG) if orientation else zero - 1)
+
+
+def _exif_at(data: tf.Tensor, searched: tf.Tensor) -> tf.Tensor:
+    """Where the APP1 segment of each `searched` file's "Exif\0\0" signature starts (its FF E1
+    marker and length come first), -1 when there is none. An APP1 segment is at most 64 KiB and
+    comes first, after at most a short JFIF APP0 segment, so only EXIF_SEARCH_BYTES are searched."""
+    head = tf.where(searched, tf.strings.substr(data, tf.zeros_like(searched, tf.int32),
+                                                tf.fill(tf.shape(data), EXIF_SEARCH_BYTES)), "")
+    parts = tf.strings.split(head, sep=b"Exif\x00\x00", maxsplit=1)
+    before = tf.gather(parts.flat_values, parts.row_starts())
+    return tf.where(parts.row_lengths() > 1, tf.cast(tf.strings.length(before), tf.int64) - 4, -1)
 
 
 def with_jpeg_size(header: Header, data: tf.Tensor) -> Header:
@@ -275,23 +287,20 @@ def bmp_palette(data: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.reverse(quads[:, :3], axis=[1]), tf.uint8)
 
 
-def exif_orientation(data: tf.Tensor) -> tf.Tensor:
-    """EXIF orientation of a JPEG, 1 (upright) to 8, from tag 0x0112 in IFD0 of its APP1 segment.
+def exif_orientation(data: tf.Tensor, header: Header) -> tf.Tensor:
+    """EXIF orientation of a JPEG, 1 (upright) to 8, from tag 0x0112 in IFD0 of its APP1 segment
+    (`Header.exif_at`).
 
-    The APP1 segment is found by its "Exif\\0\\0" signature, which must follow the segment's
-    FF E1 marker and length. Then comes a TIFF block: II (little-endian) or MM (big-endian), 42,
-    the offset of IFD0, which is an entry count and 12-byte entries (tag, type, count, value). A
-    missing or malformed tag means 1, as in Pillow's ImageOps.exif_transpose.
+    The "Exif\\0\\0" signature must follow the segment's FF E1 marker and length. Then comes a
+    TIFF block: II (little-endian) or MM (big-endian), 42, the offset of IFD0, which is an entry
+    count and 12-byte entries (tag, type, count, value). A missing or malformed tag means 1, as
+    in Pillow's ImageOps.exif_transpose.
     """
-    parts = tf.strings.split(tf.strings.substr(data, 0, EXIF_SEARCH_BYTES), sep=b"Exif\x00\x00",
-                             maxsplit=1)
-
     def from_app1():
-        app1_at = tf.cast(tf.strings.length(parts[0]), tf.int64) - 4
-        app1 = _window(data, app1_at, 18)  # FF E1, the segment length, "Exif\0\0", the TIFF header
+        app1 = _window(data, header.exif_at, 18)  # FF E1, the segment length, "Exif\0\0", the TIFF header
         little, big = tf.unstack(_starts_with(app1, (b"\xff\xe1??Exif\0\0II",
                                                      b"\xff\xe1??Exif\0\0MM")))
-        ifd = _window(data, app1_at + 10 + _uint(app1, 14, 4, little), 2 + 12 * _IFD_ENTRIES)
+        ifd = _window(data, header.exif_at + 10 + _uint(app1, 14, 4, little), 2 + 12 * _IFD_ENTRIES)
         slots = tf.range(_IFD_ENTRIES, dtype=tf.int64)
         tags, values = tf.unstack(_uint(ifd, [2 + 12 * slots, 10 + 12 * slots], 2, little))
         is_orientation = (tags == 0x0112) & (slots < _uint(ifd, 0, 2, little))
@@ -299,7 +308,7 @@ def exif_orientation(data: tf.Tensor) -> tf.Tensor:
         return tf.where((little | big) & (orientation >= 1) & (orientation <= 8), orientation, 1)
 
     # A JPEG without EXIF skips the parse, whose few dozen small ops cost more than the search.
-    return tf.cond(tf.size(parts) > 1, from_app1, lambda: tf.constant(1, tf.int64))
+    return tf.cond(header.exif_at >= 0, from_app1, lambda: tf.constant(1, tf.int64))
 
 
 _END_MARKERS = {JPEG: b"\xff\xd9", PNG: b"IEND\xaeB`\x82", GIF: b";"}
