@@ -8,8 +8,9 @@ path (except the block structure of GIFs, see `_gif_frames`). Formats are told a
 `tf.io.decode_image` does it (magic bytes, never the file name: `ClassifyFileFormat` in
 TensorFlow's decode_image_op.cc), so the size checked here is the size of what would be decoded.
 
-tf.data pays for every op once per file, so fixed-offset fields are read from tables in one
-gather rather than field by field.
+tf.data pays for every op once per call, so headers are read for a batch of files at once
+(`read_headers`), and fixed-offset fields from tables in one gather rather than field by field;
+only what libjpeg must find (a JPEG's size) is read file by file.
 """
 
 from __future__ import annotations
