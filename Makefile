@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/decode_cost.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/startup.py
 
 airflow-venv:
 	bash jobs/airflow/install.sh

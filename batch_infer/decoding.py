@@ -165,7 +165,7 @@ def _jpeg(data, header, options, target_side):
     scale = _jpeg_scale(header, target_side) if options.scaled_decode else tf.constant(0, tf.int32)
     image = tf.switch_case(scale, [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=0, ratio=ratio)
                                    for ratio in JPEG_RATIOS])
-    return _upright(image, headers.exif_orientation(data)) if options.exif_transpose else image
+    return _upright(image, headers.exif_orientation(data, header)) if options.exif_transpose else image
 
 
 def _any_format(data, header, options, target_side):
@@ -180,11 +180,11 @@ def _animated_webp(data, header, options, target_side):
 
 
 def _png(data, header, options, target_side):
-    """A PNG that may carry an orientation is left to Pillow, which reads it as exif_transpose
-    does; the check is a scan of the file, paid by PNGs only."""
+    """A PNG that may carry an orientation (`Header.png_metadata`) is left to Pillow, which reads
+    it as exif_transpose does."""
     if not options.exif_transpose:
         return _any_format(data, header, options, target_side)
-    with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(headers.png_metadata(data)),
+    with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(header.png_metadata),
                                                       [LEFT_TO_PILLOW])]):
         return _any_format(data, header, options, target_side)
 
@@ -267,7 +267,7 @@ def _keras_pixels(data: tf.Tensor, header: headers.Header, spec: InputSpec, opti
     image = tf.io.decode_image(data, channels=spec.channels, expand_animations=False)
     if options.exif_transpose:
         image = tf.cond(header.format == headers.JPEG,
-                        lambda: _upright(image, headers.exif_orientation(data)), lambda: image)
+                        lambda: _upright(image, headers.exif_orientation(data, header)), lambda: image)
     image.set_shape((None, None, spec.channels))
     return image
 
@@ -289,14 +289,29 @@ def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tenso
     return _decode(data, headers.read_header(data), spec, options)
 
 
-def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:
-    """`decode`, and what the file says of itself, where its bytes already are: the stored size
-    from the header (0 when unknown) and a 64-bit fingerprint of the bytes (FarmHash, as
-    tf.fingerprint computes it), for the `width`, `height` and `content_hash` columns."""
-    header = headers.read_header(data)
+def read_batch(data: tf.Tensor, options: DecodeOptions) -> tuple[headers.Header, tf.Tensor]:
+    """(the headers, the 64-bit fingerprints) of a batch of files ([files] strings), read with
+    ops that take the whole batch at once: tf.data pays for every op once per call, and the few
+    dozen ops of a header read cost about as much as decoding a 64x64 PNG when paid per file."""
+    return headers.read_headers(data, options.exif_transpose), tf.fingerprint(data)
+
+
+def decode_read(data: tf.Tensor, header: headers.Header, content_hash: tf.Tensor, spec: InputSpec,
+                options: DecodeOptions) -> tuple[tf.Tensor, dict]:
+    """One file of a `read_batch`: its model input, and what it says of itself, where its bytes
+    already are: the stored size from the header (0 when unknown) and a 64-bit fingerprint of the
+    bytes (FarmHash, as tf.fingerprint computes it), for the `width`, `height` and
+    `content_hash` columns."""
+    header = headers.with_jpeg_size(header, data)
     facts = {"width": tf.cast(header.width, tf.int32), "height": tf.cast(header.height, tf.int32),
-             "content_hash": tf.fingerprint(data[None])[0]}
+             "content_hash": content_hash}
     return _decode(data, header, spec, options), facts
+
+
+def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:
+    """`decode_read` of one file, as a batch of one."""
+    header, content_hash = read_batch(data[None], options)
+    return decode_read(data, headers.Header(*(field[0] for field in header)), content_hash[0], spec, options)
 
 
 def _decode(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
@@ -483,7 +498,7 @@ class ModelInputs:
     """`model_input` for pixels from the fallback, traced once for any size and channel count."""
 
     def __init__(self, spec: InputSpec, resize: Resize = Resize()):
-        self.function = tf.function(lambda image: model_input(image, spec, resize),
+        self.function = tf.function(lambda image: model_input(image, spec, resize), autograph=False,
                                     input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
 
     def __call__(self, images: list[np.ndarray]) -> tf.Tensor:

@@ -8,8 +8,9 @@ path (except the block structure of GIFs, see `_gif_frames`). Formats are told a
 `tf.io.decode_image` does it (magic bytes, never the file name: `ClassifyFileFormat` in
 TensorFlow's decode_image_op.cc), so the size checked here is the size of what would be decoded.
 
-tf.data pays for every op once per file, so fixed-offset fields are read from tables in one
-gather rather than field by field.
+tf.data pays for every op once per call, so headers are read for a batch of files at once
+(`read_headers`), and fixed-offset fields from tables in one gather rather than field by field;
+only what libjpeg must find (a JPEG's size) is read file by file.
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ _FIELDS = {
 
 # Every magic number and fixed field (the last, a BMP's compression, ends at byte 34).
 HEAD_BYTES = 34
-# Where a JPEG's EXIF block is looked for: an APP1 segment is at most 64 KiB and comes first,
-# after at most a short JFIF APP0 segment.
+# Where a JPEG's EXIF block is looked for (see `_exif_at`).
 EXIF_SEARCH_BYTES = 65 * 1024
 _IFD_ENTRIES = 64  # IFD0 of a camera JPEG has 10 to 20 entries
 
@@ -61,14 +61,18 @@ class Header(NamedTuple):
     odd_bmp: tf.Tensor  # bool: a BMP TensorFlow misreads: OS/2, compressed or with colour masks
     # (TensorFlow ignores them: BGRA order is assumed), 1, 4 or 16 bits
     webp_metadata: tf.Tensor  # bool: an EXIF or XMP chunk, which may say how to turn it upright
+    png_metadata: tf.Tensor  # bool: a PNG chunk that may say so too (`png_metadata`), when asked
+    exif_at: tf.Tensor  # int64: where a JPEG's EXIF APP1 segment starts, -1 if none (or not asked)
 
 
 def _window(data: tf.Tensor, offset, length: int) -> tf.Tensor:
-    """`length` bytes of `data` from `offset` as int64 values, zero-padded outside of it."""
-    start = tf.clip_by_value(tf.cast(offset, tf.int64), 0, tf.cast(tf.strings.length(data), tf.int64))
-    text = tf.strings.substr(data, tf.cast(start, tf.int32), length)
+    """`length` bytes of `data` from `offset` as int64 values, zero-padded outside of it: [length]
+    for one file, [files, length] for a batch (`offset` a scalar or one per file)."""
+    start = tf.minimum(tf.maximum(tf.cast(offset, tf.int32), 0), tf.strings.length(data))
+    text = tf.strings.substr(data, start, tf.fill(tf.shape(data), length))
     padded = tf.strings.substr(tf.strings.join([text, tf.constant(b"\0" * length)]), 0, length)
-    return tf.reshape(tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64), (length,))
+    values = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)
+    return tf.reshape(values, tf.concat([tf.shape(data), [length]], 0))
 
 
 def _uint(values: tf.Tensor, offsets, length: int, little_endian) -> tf.Tensor:
@@ -82,30 +86,31 @@ def _uint(values: tf.Tensor, offsets, length: int, little_endian) -> tf.Tensor:
 
 
 def _fields(values: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Every entry of _FIELDS, in one gather and one weighted sum."""
+    """Every entry of _FIELDS for a batch of [files, HEAD_BYTES] values, in one gather and one
+    weighted sum."""
     indices, weights = [], []
     for offset, length, little in _FIELDS.values():
         powers = [256**i for i in range(length)]
         indices.append([offset + i for i in range(length)] + [0] * (4 - length))
         weights.append((powers if little else powers[::-1]) + [0] * (4 - length))
-    sums = tf.reduce_sum(tf.gather(values, indices) * tf.constant(weights, tf.int64), axis=1)
-    return dict(zip(_FIELDS, tf.unstack(sums)))
+    sums = tf.reduce_sum(tf.gather(values, indices, axis=1) * tf.constant(weights, tf.int64), axis=2)
+    return dict(zip(_FIELDS, tf.unstack(sums, len(_FIELDS), axis=1)))
 
 
 def _starts_with(values: tf.Tensor, patterns: tuple[bytes, ...]) -> tf.Tensor:
-    """[len(patterns)] bool: which patterns the bytes start with ("?" matches any byte)."""
+    """[..., len(patterns)] bool: which patterns the bytes start with ("?" matches any byte)."""
     width = max(len(pattern) for pattern in patterns)
     expected = [list(pattern.ljust(width, b"?")) for pattern in patterns]
     wildcard = tf.constant(expected, tf.int64) == ord("?")
-    return tf.reduce_all((values[:width] == tf.constant(expected, tf.int64)) | wildcard, axis=1)
+    return tf.reduce_all((values[..., None, :width] == tf.constant(expected, tf.int64)) | wildcard, axis=-1)
 
 
 def _format(data: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
-    long_enough = tf.stack([True] * 4 + [tf.strings.length(data) > 12]  # TensorFlow's WebP check
-                           + [True] * (len(_MAGIC) - 5))
-    matches = _starts_with(values, _MAGIC) & long_enough
-    return tf.where(tf.reduce_any(matches),
-                    tf.gather(tf.constant(_MAGIC_FORMATS, tf.int64), tf.argmax(tf.cast(matches, tf.int64))),
+    longer = tf.strings.length(data)[..., None] > 12  # TensorFlow's WebP check
+    long_enough = tf.constant([False] * 4 + [True] + [False] * (len(_MAGIC) - 5))
+    matches = _starts_with(values, _MAGIC) & (longer | ~long_enough)
+    return tf.where(tf.reduce_any(matches, axis=-1),
+                    tf.gather(tf.constant(_MAGIC_FORMATS, tf.int64), tf.argmax(tf.cast(matches, tf.int64), axis=-1)),
                     UNKNOWN)
 
 
@@ -120,29 +125,31 @@ def _area(width: tf.Tensor, height: tf.Tensor) -> tf.Tensor:
     return tf.minimum(width, 2**31) * tf.minimum(height, 2**31)
 
 
-def _jpeg_size(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """extract_jpeg_shape runs libjpeg's jpeg_read_header only: it finds the frame header (SOF)
-    wherever it is, without decoding scan data. A JPEG whose headers are broken raises here."""
-    shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
-    return shape[1], shape[0]
+def _gif_frames(data: tf.Tensor, kind: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(frames, pixels of all frames) of each file of a batch that is a GIF; (1, 0) for others.
+    TensorFlow's GIF decoder (giflib's DGifSlurp) holds every frame in memory even when it
+    returns only the first, and a frame may declare itself larger than the logical screen, so
+    every image descriptor counts.
 
-
-def _gif_frames(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(frames, pixels of all frames). TensorFlow's GIF decoder (giflib's DGifSlurp) holds every
-    frame in memory even when it returns only the first, and a frame may declare itself larger
-    than the logical screen, so every image descriptor counts.
-
-    The only header read in Python (tf.py_function), and only for GIFs: the walk is sequential,
-    and a tf.while_loop anywhere in the map function cost about 1 ms of CPU on every file, GIF or
-    not (TensorFlow 2.21), while the Python walk takes about 1 ms per MB of GIF. It reads block
-    headers and sub-block lengths only, never the compressed pixels.
+    The only header read in Python (tf.py_function), and only for batches with a GIF in them:
+    the walk is sequential, and a tf.while_loop anywhere in the map function cost about 1 ms of
+    CPU on every file, GIF or not (TensorFlow 2.21), while the Python walk takes about 1 ms per
+    MB of GIF. It reads block headers and sub-block lengths only, never the compressed pixels.
     """
-    frames, pixels = tf.py_function(_walk_gif_blocks, [data], [tf.int64, tf.int64])
-    return tf.ensure_shape(frames, ()), tf.ensure_shape(pixels, ())
+    def walk(data, kind):
+        counts = [_walk_gif_blocks(one) if is_gif else (1, 0) for one, is_gif in zip(data.numpy(), kind.numpy() == GIF)]
+        return [tf.constant([count[i] for count in counts], tf.int64, shape=[len(counts)]) for i in (0, 1)]
+
+    def walked():
+        frames, pixels = tf.py_function(walk, [data, kind], [tf.int64, tf.int64])
+        return tf.ensure_shape(frames, data.shape), tf.ensure_shape(pixels, data.shape)
+
+    return tf.cond(tf.reduce_any(kind == GIF), walked,
+                   lambda: (tf.ones_like(kind), tf.zeros_like(kind)))
 
 
-def _walk_gif_blocks(data: tf.Tensor) -> tuple[int, int]:
-    raw = data.numpy() + bytes(16)  # zeros past the end: a short file ends the walk, not an error
+def _walk_gif_blocks(raw: bytes) -> tuple[int, int]:
+    raw = raw + bytes(16)  # zeros past the end: a short file ends the walk, not an error
     end = len(raw) - 16
     frames = pixels = 0
     position = 13 + _colour_table_size(raw[10])
@@ -167,35 +174,36 @@ def _colour_table_size(flags: int) -> int:
     return 3 * 2 ** (flags % 8 + 1) if flags >= 128 else 0
 
 
-@tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
-def read_header(data: tf.Tensor) -> Header:
-    """Format, declared size and decoding cost of one encoded file, without decoding it.
+def read_headers(data: tf.Tensor, orientation: bool = True) -> Header:
+    """The Header of each file of a batch ([files] strings), as [files] tensors, except the size
+    of JPEGs, which `with_jpeg_size` adds file by file (0 until then). PNGs are scanned for
+    `png_metadata`, and JPEGs for their EXIF block, only when `orientation` matters.
 
-    A tf.function so that `diagnose`, which runs eagerly, runs the same graph as the pipeline.
-    Raises InvalidArgumentError only for a JPEG whose headers are broken.
+    String and arithmetic ops take the whole batch at once, so a batch of small files pays for
+    the few dozen ops of this read once, not once per file.
     """
     values = _window(data, 0, HEAD_BYTES)
     kind = _format(data, values)
     field = _fields(values)
-    zero, one = tf.constant(0, tf.int64), tf.constant(1, tf.int64)
+    zero = tf.zeros_like(kind)
 
-    jpeg_width, jpeg_height = tf.cond(kind == JPEG, lambda: _jpeg_size(data), lambda: (zero, zero))
     # BMP sizes are signed, as TensorFlow's decoder reads them; a negative height means top-down.
     os2 = field["bmp_header_size"] == 12
     bmp_width, bmp_height = (tf.where(os2, small, tf.abs(tf.where(value >= 2**31, value - 2**32, value)))
                              for value, small in ((field["bmp_width"], field["os2_width"]),
                                                   (field["bmp_height"], field["os2_height"])))
-    extended, lossless = tf.unstack(_starts_with(values, _WEBP_CHUNKS))
+    extended, lossless = tf.unstack(_starts_with(values, _WEBP_CHUNKS), 2, axis=-1)
     webp_width = tf.where(extended, field["vp8x_width"] + 1, tf.where(
         lossless, field["vp8l_sizes"] % 2**14 + 1, field["vp8_width"] % 2**14))
     webp_height = tf.where(extended, field["vp8x_height"] + 1, tf.where(
         lossless, field["vp8l_sizes"] // 2**14 % 2**14 + 1, field["vp8_height"] % 2**14))
 
-    width = tf.gather([zero, jpeg_width, field["png_width"], field["gif_width"], bmp_width, webp_width,
-                       zero, zero], kind)
-    height = tf.gather([zero, jpeg_height, field["png_height"], field["gif_height"], bmp_height, webp_height,
-                        zero, zero], kind)
-    frames, frame_pixels = tf.cond(kind == GIF, lambda: _gif_frames(data), lambda: (one, zero))
+    by_format = tf.one_hot(kind, 8, dtype=tf.int64)
+    width = tf.reduce_sum(by_format * tf.stack([zero, zero, field["png_width"], field["gif_width"], bmp_width,
+                                                webp_width, zero, zero], axis=-1), axis=-1)
+    height = tf.reduce_sum(by_format * tf.stack([zero, zero, field["png_height"], field["gif_height"], bmp_height,
+                                                 webp_height, zero, zero], axis=-1), axis=-1)
+    frames, frame_pixels = _gif_frames(data, kind)
     return Header(
         format=kind, width=width, height=height, frames=tf.where(kind == UNKNOWN, zero, frames),
         pixels=tf.maximum(_area(width, height), frame_pixels),
@@ -203,7 +211,43 @@ def read_header(data: tf.Tensor) -> Header:
         palette_bmp=(kind == BMP) & ~os2 & (field["bmp_bits"] == 8),
         odd_bmp=(kind == BMP) & (os2 | (field["bmp_compression"] != 0)
                                  | ((field["bmp_bits"] != 8) & (field["bmp_bits"] != 24) & (field["bmp_bits"] != 32))),
-        webp_metadata=(kind == WEBP) & extended & (field["vp8x_flags"] // 4 % 4 != 0))  # bits 2, 3
+        webp_metadata=(kind == WEBP) & extended & (field["vp8x_flags"] // 4 % 4 != 0),  # bits 2, 3
+        png_metadata=png_metadata(tf.where(kind == PNG, data, "")) if orientation else kind < 0,
+        exif_at=_exif_at(data, kind == JPEG) if orientation else zero - 1)
+
+
+def _exif_at(data: tf.Tensor, searched: tf.Tensor) -> tf.Tensor:
+    """Where the APP1 segment of each `searched` file's "Exif\0\0" signature starts (its FF E1
+    marker and length come first), -1 when there is none. An APP1 segment is at most 64 KiB and
+    comes first, after at most a short JFIF APP0 segment, so only EXIF_SEARCH_BYTES are searched."""
+    head = tf.where(searched, tf.strings.substr(data, tf.zeros_like(searched, tf.int32),
+                                                tf.fill(tf.shape(data), EXIF_SEARCH_BYTES)), "")
+    parts = tf.strings.split(head, sep=b"Exif\x00\x00", maxsplit=1)
+    before = tf.gather(parts.flat_values, parts.row_starts())
+    return tf.where(parts.row_lengths() > 1, tf.cast(tf.strings.length(before), tf.int64) - 4, -1)
+
+
+def with_jpeg_size(header: Header, data: tf.Tensor) -> Header:
+    """One file's Header with its JPEG size read: extract_jpeg_shape runs libjpeg's
+    jpeg_read_header only, which finds the frame header (SOF) wherever it is, without decoding
+    scan data. A JPEG whose headers are broken raises InvalidArgumentError here."""
+    def jpeg_size():
+        shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
+        return shape[1], shape[0]
+
+    width, height = tf.cond(header.format == JPEG, jpeg_size, lambda: (header.width, header.height))
+    return header._replace(width=width, height=height,
+                           pixels=tf.maximum(header.pixels, _area(width, height)))
+
+
+@tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+def read_header(data: tf.Tensor) -> Header:
+    """Format, declared size and decoding cost of one encoded file, without decoding it: the
+    batch read on a batch of one, as `diagnose` and the fallback need it.
+
+    Raises InvalidArgumentError only for a JPEG whose headers are broken.
+    """
+    return with_jpeg_size(Header(*(field[0] for field in read_headers(data[None]))), data)
 
 
 # Where a PNG may say how it is turned, as Pillow's Image.getexif reads it: an eXIf chunk, EXIF
@@ -244,23 +288,20 @@ def bmp_palette(data: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.reverse(quads[:, :3], axis=[1]), tf.uint8)
 
 
-def exif_orientation(data: tf.Tensor) -> tf.Tensor:
-    """EXIF orientation of a JPEG, 1 (upright) to 8, from tag 0x0112 in IFD0 of its APP1 segment.
+def exif_orientation(data: tf.Tensor, header: Header) -> tf.Tensor:
+    """EXIF orientation of a JPEG, 1 (upright) to 8, from tag 0x0112 in IFD0 of its APP1 segment
+    (`Header.exif_at`).
 
-    The APP1 segment is found by its "Exif\\0\\0" signature, which must follow the segment's
-    FF E1 marker and length. Then comes a TIFF block: II (little-endian) or MM (big-endian), 42,
-    the offset of IFD0, which is an entry count and 12-byte entries (tag, type, count, value). A
-    missing or malformed tag means 1, as in Pillow's ImageOps.exif_transpose.
+    The "Exif\\0\\0" signature must follow the segment's FF E1 marker and length. Then comes a
+    TIFF block: II (little-endian) or MM (big-endian), 42, the offset of IFD0, which is an entry
+    count and 12-byte entries (tag, type, count, value). A missing or malformed tag means 1, as
+    in Pillow's ImageOps.exif_transpose.
     """
-    parts = tf.strings.split(tf.strings.substr(data, 0, EXIF_SEARCH_BYTES), sep=b"Exif\x00\x00",
-                             maxsplit=1)
-
     def from_app1():
-        app1_at = tf.cast(tf.strings.length(parts[0]), tf.int64) - 4
-        app1 = _window(data, app1_at, 18)  # FF E1, the segment length, "Exif\0\0", the TIFF header
+        app1 = _window(data, header.exif_at, 18)  # FF E1, the segment length, "Exif\0\0", the TIFF header
         little, big = tf.unstack(_starts_with(app1, (b"\xff\xe1??Exif\0\0II",
                                                      b"\xff\xe1??Exif\0\0MM")))
-        ifd = _window(data, app1_at + 10 + _uint(app1, 14, 4, little), 2 + 12 * _IFD_ENTRIES)
+        ifd = _window(data, header.exif_at + 10 + _uint(app1, 14, 4, little), 2 + 12 * _IFD_ENTRIES)
         slots = tf.range(_IFD_ENTRIES, dtype=tf.int64)
         tags, values = tf.unstack(_uint(ifd, [2 + 12 * slots, 10 + 12 * slots], 2, little))
         is_orientation = (tags == 0x0112) & (slots < _uint(ifd, 0, 2, little))
@@ -268,7 +309,7 @@ def exif_orientation(data: tf.Tensor) -> tf.Tensor:
         return tf.where((little | big) & (orientation >= 1) & (orientation <= 8), orientation, 1)
 
     # A JPEG without EXIF skips the parse, whose few dozen small ops cost more than the search.
-    return tf.cond(tf.size(parts) > 1, from_app1, lambda: tf.constant(1, tf.int64))
+    return tf.cond(header.exif_at >= 0, from_app1, lambda: tf.constant(1, tf.int64))
 
 
 _END_MARKERS = {JPEG: b"\xff\xd9", PNG: b"IEND\xaeB`\x82", GIF: b";"}

@@ -59,8 +59,9 @@ def plan_for(device: str, cores: int) -> ThreadPlan:
     return ThreadPlan(streams, intra_op=max(1, cores // streams), inter_op=2 * streams, decode=cores)
 
 
-def configure(device: str) -> ThreadPlan:
-    """The plan for `device` on this machine, with TensorFlow's thread pools set to match.
+def configure(device: str, cores: int | None = None) -> ThreadPlan:
+    """The plan for `device` on this machine (or on `cores` of it), with TensorFlow's thread
+    pools set to match.
 
     The pools can only be set before TensorFlow runs its first op; a host program that already
     has (the Python API, the tests) keeps its pools, the streams share them, and the plan
@@ -68,7 +69,7 @@ def configure(device: str) -> ThreadPlan:
     """
     from .tf_import import tf  # here, so that a run with nothing to score never imports it
 
-    plan = plan_for(device, usable_cores())
+    plan = plan_for(device, cores or usable_cores())
     try:
         tf.config.threading.set_intra_op_parallelism_threads(plan.intra_op)
         tf.config.threading.set_inter_op_parallelism_threads(plan.inter_op)

@@ -13,14 +13,14 @@ from typing import Iterator
 import numpy as np
 
 from . import parallel, storage
-from .decoding import DecodeOptions, decode_with_facts
+from .decoding import DecodeOptions, decode_read, decode_with_facts, read_batch
 from .listing import ListedFile
 from .model import InputSpec
 from .tf_import import tf
 
 
 def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
-            plan: parallel.ThreadPlan | None = None) -> Iterator[tuple[np.ndarray, tf.Tensor]]:
+            plan: parallel.ThreadPlan | None = None) -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
     """Yields (file indices, batch of model inputs, the files' facts as arrays by name, see
     `decoding.decode_with_facts`) in file order; failed files leave gaps.
 
@@ -28,32 +28,95 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
     batches wait ready: one per model stream, and one more.
 
     `files` are those `decoding.unread_reason` lets through (tf.io.read_file reads a whole file
-    into memory, so oversized files must not come here). Files in object storage, which
-    TensorFlow cannot open, are read by Python threads and enter tf.data as bytes; local files
-    keep tf.io.read_file inside tf.data. The same `decode` runs on both.
+    into memory, so oversized files must not come here). Local files are read, and their headers
+    parsed, a batch at a time inside tf.data (`decoding.read_batch`), then decoded file by file; a
+    read batch with a file that cannot be read is read again file by file, so that only that file
+    drops out. Files in object storage, which TensorFlow cannot open, are read by Python threads
+    and enter tf.data as bytes. The same decode runs on both.
     """
-
-    def load(index, path):
-        return (index, *decode_with_facts(tf.io.read_file(path), spec, options))
-
     plan = plan or parallel.plan_for("cpu", parallel.usable_cores())
     if files and storage.is_url(files[0].fs_path):
         dataset = (_fetched(files)
-                   .map(lambda index, data: (index, *decode_with_facts(data, spec, options)),
-                        num_parallel_calls=plan.decode, deterministic=True))
-    else:
-        indices = np.arange(len(files), dtype=np.int64)
-        paths = np.array([item.fs_path for item in files], dtype=object)
-        dataset = (tf.data.Dataset.from_tensor_slices((indices, paths))
-                   .map(load, num_parallel_calls=plan.decode, deterministic=True))
+                   .map(as_written(lambda index, data: (index, *decode_with_facts(data, spec, options))),
+                        num_parallel_calls=plan.decode, deterministic=True)
+                   .ignore_errors().batch(batch_size))
+        yield from _numpy(_threaded(dataset, plan))
+        return
+    dataset = _read_then_decoded(files, spec, batch_size, options, plan)
+    one_by_one = BytesDecoder(spec, options, plan.decode)
+    done = 0
+    for index_batch, images, facts in _numpy(_threaded(dataset, plan)):
+        # Where a whole read batch is missing before a file, the batch is cut and that read batch
+        # decoded again in between, so that files stay in order.
+        previous = np.concatenate([[done], index_batch[:-1] + 1])
+        cuts = np.flatnonzero(-(-previous // batch_size) * batch_size + batch_size <= index_batch)
+        for start, end in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(index_batch)]])):
+            yield from _unread_batches(files, int(previous[start]), int(index_batch[start]), batch_size, one_by_one)
+            if end > start:
+                yield index_batch[start:end], images[start:end], {name: value[start:end]
+                                                                  for name, value in facts.items()}
+        done = int(index_batch[-1]) + 1
+    yield from _unread_batches(files, done, len(files), batch_size, one_by_one)
+
+
+def _read_then_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
+                       plan: parallel.ThreadPlan) -> tf.data.Dataset:
+    indices = np.arange(len(files), dtype=np.int64)
+    paths = np.array([item.fs_path for item in files], dtype=object)
+
+    def read(index, path):
+        data = tf.map_fn(tf.io.read_file, path, fn_output_signature=tf.string)
+        return (index, data, *read_batch(data, options))
+
+    # Read a batch at a time (a file that cannot be read drops its whole batch), then decode file
+    # by file: inside tf.map_fn every tf.cond of the decode is a function call, in a map it is not.
+    return (tf.data.Dataset.from_tensor_slices((indices, paths)).batch(batch_size)
+               .map(as_written(read), num_parallel_calls=plan.decode, deterministic=True).ignore_errors().unbatch()
+               .map(as_written(lambda index, data, header, content_hash: (
+                   index, *decode_read(data, header, content_hash, spec, options))),
+                    num_parallel_calls=plan.decode, deterministic=True)
+               .ignore_errors().batch(batch_size))
+
+def as_written(function):
+    """`function` traced as written, without AutoGraph: the decode uses tf.cond where it branches,
+    and AutoGraph's conversion of every function it calls took about 6 of the 7 seconds that
+    tracing the decode took, as long as importing TensorFlow, before the first file."""
+    return tf.autograph.experimental.do_not_convert(function)
+
+
+def _threaded(dataset: tf.data.Dataset, plan: parallel.ThreadPlan) -> tf.data.Dataset:
     threading = tf.data.Options()
     threading.autotune.enabled = False  # see `parallel`
     threading.threading.private_threadpool_size = plan.decode
     threading.threading.max_intra_op_parallelism = 1
-    dataset = (dataset.ignore_errors().batch(batch_size).prefetch(plan.streams + 1)
-               .with_options(threading))
+    return dataset.prefetch(plan.streams + 1).with_options(threading)
+
+
+def _numpy(dataset: tf.data.Dataset) -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
     for index_batch, images, facts in dataset:
         yield index_batch.numpy(), images, {name: value.numpy() for name, value in facts.items()}
+
+
+def _unread_batches(files: list[ListedFile], start: int, end: int, batch_size: int,
+                    decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
+    """The read batches wholly inside the gap start..end, which a file that could not be read
+    dropped, read and decoded again one file at a time; the files that fail again leave gaps,
+    which `decoding.diagnose` explains. (Smaller gaps are files that failed to decode.)"""
+    for first in range(-(-start // batch_size) * batch_size, end, batch_size):
+        if min(first + batch_size, len(files)) > end:
+            break
+        data = list(decode.pool.map(_read_or_none, files[first:min(end, first + batch_size)]))
+        readable = [i for i, one in enumerate(data) if one is not None]
+        positions, images, facts = decode([data[i] for i in readable])
+        if len(positions):
+            yield first + np.array(readable, np.int64)[positions], images, facts
+
+
+def _read_or_none(item: ListedFile) -> bytes | None:
+    try:
+        return tf.io.read_file(item.fs_path).numpy()
+    except tf.errors.OpError:
+        return None
 
 
 def _fetched(files: list[ListedFile]) -> tf.data.Dataset:
@@ -76,7 +139,7 @@ class BytesDecoder:
     more than decoding it. Files decode on a pool of threads, as TensorFlow releases the GIL."""
 
     def __init__(self, spec: InputSpec, options: DecodeOptions, threads: int | None = None):
-        self.function = tf.function(lambda data: decode_with_facts(data, spec, options),
+        self.function = tf.function(lambda data: decode_with_facts(data, spec, options), autograph=False,
                                     input_signature=[tf.TensorSpec([], tf.string)])
         self.pool = ThreadPoolExecutor(threads or parallel.usable_cores())
 

@@ -131,16 +131,22 @@ def scored(files, config: RunConfig):
 
 class Actor:
     """One per Ray actor: loads the model once, then decodes and scores batches of files with
-    the same `Scorer` as the local engine, so a file gives the same row on either engine."""
+    the same `Scorer` as the local engine, so a file gives the same row on either engine.
+
+    TensorFlow's thread pools follow the local engine's plan (`parallel`) for this actor's share
+    of its machine's cores, the actors of a run sharing them evenly: with TensorFlow's defaults
+    every actor would split each op over all of them."""
 
     def __init__(self, config: RunConfig):
+        from . import parallel
         from .model import configure_device
         from .pipeline import BytesDecoder
         from .scorer import Scorer
 
-        configure_device(config.device if config.num_gpus else "cpu")
+        device = configure_device(config.device if config.num_gpus else "cpu")
+        self.threads = parallel.configure(device, max(1, parallel.usable_cores() // config.concurrency))
         self.scorer = Scorer.load(config)
-        self.decode = BytesDecoder(self.scorer.model.spec, self.scorer.decoding)
+        self.decode = BytesDecoder(self.scorer.model.spec, self.scorer.decoding, self.threads.decode)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         locations = batch.get("fs_path", batch["path"])

@@ -43,12 +43,11 @@ class Rows:
     def ok(self, paths: list[str], outputs: dict[str, np.ndarray], decoder: str = TENSORFLOW) -> pa.Table:
         """Rows for scored files, from one model call's outputs, column-wise."""
         rows = len(paths)
-        columns = {"path": pa.array(paths, pa.string()),
-                   "status": pa.array(np.full(rows, "ok", dtype=object), pa.string()),
+        columns = {"path": pa.array(paths, pa.string()), "status": pa.array(["ok"] * rows, pa.string()),
                    "error": pa.nulls(rows, pa.string())}
         for head in self.heads:
             columns.update(head.columns(outputs))
-        columns["decoder"] = pa.array(np.full(rows, decoder, dtype=object), pa.string())
+        columns["decoder"] = pa.array([decoder] * rows, pa.string())
         return pa.table(columns, schema=self.schema)
 
 
@@ -149,14 +148,14 @@ class Scorer:
             lambda i: rescue(items[i], data[i] if data is not None else None, self.model.spec, self.decoding),
             missing))
         failed = [(items[i].path, reason) for i, (_, reason) in zip(missing, rescued) if reason is not None]
-        tables = [self.error_rows([path for path, _ in failed], [reason for _, reason in failed])]
+        tables = [self.error_rows([path for path, _ in failed], [reason for _, reason in failed])] if failed else []
         if arrived:
             tables.extend(self._scored([items[i].path for i in arrived], images, TENSORFLOW, facts))
         decoded = [(items[i].path, pixels) for i, (pixels, _) in zip(missing, rescued) if pixels is not None]
         if decoded:
             tables.extend(self._scored([path for path, _ in decoded],
                                        self.model_inputs([pixels for _, pixels in decoded]), PILLOW))
-        return pa.concat_tables(tables)
+        return pa.concat_tables(tables) if tables else self.error_rows([], [])
 
     def _scored(self, paths: list[str], images, decoder: str,
                 facts: dict[str, np.ndarray] | None = None) -> list[pa.Table]:
@@ -166,7 +165,8 @@ class Scorer:
         outputs.update({name: value[kept] for name, value in (facts or {}).items()})
         scored = [paths[row] for row in kept]
         tables = [self.table.ok(scored, outputs, decoder)] if scored else []
-        return tables + [self.error_rows([paths[row] for row in failures], list(failures.values()))]
+        return tables + ([self.error_rows([paths[row] for row in failures], list(failures.values()))]
+                         if failures else [])
 
     def _predict(self, images) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         """Outputs of the rows the model took, plus {row: reason} for rows it rejected.

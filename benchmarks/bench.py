@@ -127,7 +127,9 @@ def keras_pipeline(runner, folder: str) -> float:
 
 
 def model_for(name: str) -> str:
-    return SAMPLE_MODEL if name == "small" else corpora.make_mobilenet()
+    if name == "small":
+        return SAMPLE_MODEL
+    return corpora.make_small_64() if name == "small-jpeg" else corpora.make_mobilenet()
 
 
 def stage(kind: str, name: str) -> dict:

@@ -33,7 +33,7 @@ from batch_infer.model import load_model  # noqa: E402
 from batch_infer.decoding import decode  # noqa: E402
 from batch_infer.tf_import import tf  # noqa: E402
 
-FILES = {"photos": 300, "camera": 40, "small": 4000}  # enough for a steady figure
+FILES = {"photos": 300, "camera": 40, "small": 4000, "small-jpeg": 4000}  # enough for a steady figure
 
 
 def per_image_us(paths: list[bytes], function) -> float:
