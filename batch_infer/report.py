@@ -418,7 +418,8 @@ def review_section(review: Review, thumbnails: Callable[[str], str | None] | Non
     suspects = [Figure(path, f"{predicted} (given {given})", float(score), thumbnails(path) if thumbnails else None)
                 for path, predicted, given, score in zip(shown.path, shown.predicted, shown.given,
                                                          shown.predicted_score)]
-    groups = review.duplicate_groups().head(GROUPS)
+    all_groups = review.duplicate_groups()
+    groups = all_groups.head(GROUPS)
     figures = []
     for number, files, mixed in zip(groups.group, groups.files, groups.mixed_labels):
         members = review.duplicates[review.duplicates.group == number].head(PER_GROUP)
@@ -428,7 +429,7 @@ def review_section(review: Review, thumbnails: Callable[[str], str | None] | Non
     return ReviewSection(truth=str(review.truth), cards=cards, warnings=warnings,
                          heatmap=_heatmap(review), suspects=suspects,
                          suspects_hidden=len(review.suspects) - len(shown), groups=figures,
-                         groups_hidden=len(review.duplicate_groups()) - len(groups), note=TRAINED_ON_NOTE)
+                         groups_hidden=len(all_groups) - len(groups), note=TRAINED_ON_NOTE)
 
 
 def _heatmap(review: Review) -> Heatmap | None:
