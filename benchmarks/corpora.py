@@ -13,12 +13,19 @@ several times over, so that the timed work outweighs start-up's jitter.
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpora")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.join(REPO, "benchmarks", "corpora")
 CORPORA = {  # name: (count, height, width, format, grain, JPEG quality)
     "photos": (600, 375, 500, "jpg", 18, 92),
     "camera": (160, 3000, 4000, "jpg", 5, 88),
@@ -54,6 +61,23 @@ def make_corpus(name: str, tf) -> str:
             handle.write(encoded.numpy())
     open(done_marker, "w").close()
     return folder
+
+
+def timed_run(model: str, folder: str, extra: list[str], batch: int = 32) -> tuple[float, dict, list[int]]:
+    """(seconds, summary line, sizes of the parts written) of one `batch-infer run` into a
+    temporary OUT, which is removed afterwards."""
+    output = tempfile.mkdtemp(prefix="bench-run-")
+    try:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "batch_infer", "run", "--model", model,
+                               "--input", folder, "--output", os.path.join(output, "out"), "--quiet",
+                               "--batch-size", str(batch), *extra],
+                              check=True, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=900)
+        seconds = time.perf_counter() - started
+        parts = [os.path.getsize(path) for path in glob.glob(os.path.join(output, "out", "part-*.parquet"))]
+        return seconds, json.loads(done.stdout.strip().splitlines()[-1]), parts
+    finally:
+        shutil.rmtree(output)
 
 
 def repeated(folder: str, copies: int) -> str:

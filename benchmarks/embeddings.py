@@ -12,16 +12,10 @@ slow minute on a shared machine hits both. The sizes of the parts written are pr
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -32,21 +26,6 @@ import corpora  # noqa: E402
 BATCH = 32
 SETTINGS = {"classes only": ["--output-key", "probs"],
             "classes + embedding": ["--embedding-key", "features"]}
-
-
-def timed_run(model: str, folder: str, extra: list[str]) -> tuple[float, dict, list[int]]:
-    output = tempfile.mkdtemp(prefix="bench-embeddings-")
-    try:
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "batch_infer", "run", "--model", model,
-                               "--input", folder, "--output", os.path.join(output, "out"), "--quiet",
-                               "--batch-size", str(BATCH), *extra],
-                              check=True, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=900)
-        seconds = time.perf_counter() - started
-        parts = [os.path.getsize(path) for path in glob.glob(os.path.join(output, "out", "part-*.parquet"))]
-        return seconds, json.loads(done.stdout.strip().splitlines()[-1]), parts
-    finally:
-        shutil.rmtree(output)
 
 
 def main() -> None:
@@ -65,8 +44,8 @@ def main() -> None:
     parts = {}
     for _ in range(args.pairs):
         for name, extra in SETTINGS.items():
-            half_s, half, _ = timed_run(model, os.path.join(folder, "a"), extra)
-            full_s, full, sizes = timed_run(model, folder, extra)
+            half_s, half, _ = corpora.timed_run(model, os.path.join(folder, "a"), extra, BATCH)
+            full_s, full, sizes = corpora.timed_run(model, folder, extra, BATCH)
             assert full["errors"] == 0 and full["ok"] == full["files"], full
             marginals[name].append((full["files"] - half["files"]) / (full_s - half_s))
             parts[name] = (full["files"], sizes)

@@ -17,15 +17,10 @@ photos corpus hard-linked `--copies` times over, so that scoring outweighs start
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -35,19 +30,6 @@ import corpora  # noqa: E402
 
 BATCH = 32
 PAIRS = 3  # timed pairs per figure, see `measure`
-
-
-def timed_run(model: str, folder: str, extra: list[str]) -> tuple[float, dict]:
-    output = tempfile.mkdtemp(prefix="bench-engines-")
-    try:
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "batch_infer", "run", "--model", model,
-                               "--input", folder, "--output", os.path.join(output, "out"), "--quiet",
-                               "--batch-size", str(BATCH), *extra],
-                              check=True, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=900)
-        return time.perf_counter() - started, json.loads(done.stdout.strip().splitlines()[-1])
-    finally:
-        shutil.rmtree(output)
 
 
 def measure(model: str, folder: str, as_url: bool, extra: list[str]) -> dict:
@@ -61,8 +43,8 @@ def measure(model: str, folder: str, as_url: bool, extra: list[str]) -> dict:
 
     marginals, whole_s = [], []
     for _ in range(PAIRS):
-        half_s, half = timed_run(model, location(os.path.join(folder, "a")), extra)
-        full_s, full = timed_run(model, location(folder), extra)
+        half_s, half, _ = corpora.timed_run(model, location(os.path.join(folder, "a")), extra, BATCH)
+        full_s, full, _ = corpora.timed_run(model, location(folder), extra, BATCH)
         assert full["errors"] == 0 and full["ok"] == full["files"], full
         marginals.append((full["files"] - half["files"]) / (full_s - half_s))
         whole_s.append(full_s)
