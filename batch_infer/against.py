@@ -25,9 +25,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import headers, parallel
+from . import parallel
 from .config import DEFAULT_EXTENSIONS, PREPROCESS_MODES, ConfigError
-from .decoding import DecodeOptions, Resize, checked, pixels, resized, scale_target, scaled, to_channels
+from .decoding import (DecodeOptions, Plan, Resize, checked, pixels, read_batch, resized, scale_target, scaled,
+                       to_channels)
 from .heads import Classification
 from .listing import list_images
 from .model import load_model
@@ -158,14 +159,15 @@ def _decoded(files, spec, geometries, plan):
 
     def load(index, path):
         data = tf.io.read_file(path)
-        header = headers.read_header(data)
-        data = checked(data, header, spec, DECODING)
         if spec.encoded:
-            return index, (data,)
-        upright = {target: to_channels(pixels(data, header, spec, decoding), spec.channels)
+            return index, (checked(data, planned(data, DECODING)),)
+        upright = {target: to_channels(pixels(data, planned(data, decoding), spec, decoding), spec.channels)
                    for target, decoding in options.items()}
         return index, tuple(resized(upright[scale_target(spec, resize)], spec.image_size, resize)
                             for resize in geometries)
+
+    def planned(data, decoding):
+        return Plan(*(column[0] for column in read_batch(data[None], spec, decoding)[0]))
 
     paths = np.array([item.fs_path for item in files], dtype=object)
     threading = tf.data.Options()

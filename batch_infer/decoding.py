@@ -2,9 +2,11 @@
 
 Two tables drive both the tf.data graph and the per-file diagnosis, so the two cannot drift:
 CHECKS, the limits a file must pass before any pixel is decoded, each with the reason it gives,
-and DECODERS, which turns which files into pixels. The graph runs the checks as one assertion
-and the decoders as one switch; `diagnose_data` runs the same checks in order, eagerly, then the
-same decode, and reports the first thing that fails. A further format is one more DECODERS entry.
+and DECODERS, which turns which files into pixels. Both are decided from the file's header, in
+Python, before the graph decodes it (`plan`): the graph then runs one switch per file, whose
+first branch refuses a file that failed a check and the others decode; `diagnose_data` runs the
+same checks in order, then the same decode, and reports the first thing that fails. A further
+format is one more DECODERS entry.
 
 Files the graph does not decode (the formats TensorFlow has no decoder for, files its decoders
 refuse, and PNGs and WebPs that may say how to turn them upright) drop out of it; `rescue`
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -111,13 +113,14 @@ class DecodeOptions:
 JPEG_RATIOS = (1, 2, 4, 8)
 
 
-def _jpeg_scale(header: headers.Header, target_side: float) -> tf.Tensor:
-    """Index into JPEG_RATIOS of the largest DCT scale-down that still leaves the image's short
-    side at least `target_side` (`scale_target`), so the final resize only ever shrinks (and
-    EXIF turns cannot matter). A 12 MP photo for a 224x224 model decodes at 500x375: a 64th of
-    the pixels, a fraction of the time."""
-    short_side = tf.cast(tf.minimum(header.width, header.height), tf.float32)
-    return tf.add_n([tf.cast(short_side >= ratio * target_side, tf.int32) for ratio in JPEG_RATIOS[1:]])
+def jpeg_ratio(header: headers.Header, target_side: float, options: DecodeOptions) -> int:
+    """The largest of JPEG_RATIOS that libjpeg may decode a JPEG down by (--scaled-decode) and
+    still leave its short side at least `target_side` (`scale_target`), so the final resize only
+    ever shrinks (and EXIF turns cannot matter). A 12 MP photo for a 224x224 model decodes at
+    500x375: a 64th of the pixels, a fraction of the time."""
+    short_side = min(header.width, header.height)
+    return max(ratio for ratio in JPEG_RATIOS if ratio == 1 or options.scaled_decode
+               and short_side >= ratio * target_side)
 
 
 def scale_target(spec: InputSpec, resize: Resize) -> float:
@@ -152,69 +155,65 @@ def _upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
 
 @dataclass(frozen=True)
 class Decoder:
-    """Pixels for the files `takes` picks: [height, width, 1 to 4 channels] uint8, as stored
-    (JPEGs turned upright by EXIF when asked)."""
+    """Pixels for the files `takes` picks (from their header, in Python): [height, width, 1 to 4
+    channels] uint8, as stored (JPEGs turned upright by EXIF when asked), by graph ops."""
 
     name: str
-    takes: Callable[[headers.Header, DecodeOptions], tf.Tensor]  # bool scalar
-    decode: Callable[[tf.Tensor, headers.Header, DecodeOptions, float], tf.Tensor]  # data, header, options, scale_target
+    takes: Callable[[headers.Header, DecodeOptions, float], bool]  # header, options, scale_target
+    decode: Callable[[tf.Tensor, tf.Tensor, DecodeOptions], tf.Tensor]  # data, EXIF orientation, options
 
 
-def _jpeg(data, header, options, target_side):
-    """Decoded at 1 / JPEG_RATIOS[scale] of its size by libjpeg itself (--scaled-decode)."""
-    scale = _jpeg_scale(header, target_side) if options.scaled_decode else tf.constant(0, tf.int32)
-    image = tf.switch_case(scale, [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=0, ratio=ratio)
-                                   for ratio in JPEG_RATIOS])
-    return _upright(image, headers.exif_orientation(data, header)) if options.exif_transpose else image
+def _jpeg(ratio: int) -> Decoder:
+    """Decoded at 1 / ratio of its size by libjpeg itself (`jpeg_ratio`)."""
+    def decode(data, orientation, options):
+        image = tf.io.decode_jpeg(data, channels=0, ratio=ratio)
+        return _upright(image, orientation) if options.exif_transpose else image
+
+    return Decoder(f"JPEG at 1/{ratio}", lambda header, options, target_side: header.format == headers.JPEG
+                   and jpeg_ratio(header, target_side, options) == ratio, decode)
 
 
-def _any_format(data, header, options, target_side):
+def _any_format(data, orientation, options):
     """channels=0 because TensorFlow refuses other counts for some files: channels=1 for BMP,
     GIF and CMYK JPEG, channels=3 for WebP with alpha. The first frame of an animation
     (expand_animations=False); 16-bit PNGs keep their high byte."""
     return tf.io.decode_image(data, channels=0, expand_animations=False)
 
 
-def _animated_webp(data, header, options, target_side):
+def _animated_webp(data, orientation, options):
     return tf.io.decode_image(headers.with_webp_alpha_flag(data), channels=4, expand_animations=False)
-
-
-def _png(data, header, options, target_side):
-    """A PNG that may carry an orientation (`Header.png_metadata`) is left to Pillow, which reads
-    it as exif_transpose does."""
-    if not options.exif_transpose:
-        return _any_format(data, header, options, target_side)
-    with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(header.png_metadata),
-                                                      [LEFT_TO_PILLOW])]):
-        return _any_format(data, header, options, target_side)
 
 
 LEFT_TO_PILLOW = "left to the Pillow fallback"
 
 
-def _left_to_pillow(data, header, options, target_side):
+def _left_to_pillow(data, orientation, options):
     """Fails, so that the file drops out of the graph and `rescue` decodes it."""
-    with tf.control_dependencies([tf.debugging.Assert(tf.constant(False), [LEFT_TO_PILLOW])]):
+    return _failing(LEFT_TO_PILLOW)
+
+
+def _failing(message: str) -> tf.Tensor:
+    with tf.control_dependencies([tf.debugging.Assert(tf.constant(False), [message])]):
         return tf.zeros((0, 0, 3), tf.uint8)
 
 
-def _palette_bmp(data, header, options, target_side):
-    return tf.gather(headers.bmp_palette(data), tf.cast(_any_format(data, header, options, target_side)[..., 0],
-                                                         tf.int32))
+def _palette_bmp(data, orientation, options):
+    return tf.gather(headers.bmp_palette(data), tf.cast(_any_format(data, orientation, options)[..., 0], tf.int32))
 
 
 # The first entry that takes a file decodes it; the last takes every file, and refuses (with
 # TensorFlow's message) what it cannot read. Animated WebP and 8-bit BMP need the workarounds
-# in `headers`. Files the first entry takes, and files the others refuse, are decoded by Pillow
-# in `rescue`, off the hot path.
+# in `headers`. Files the first entry takes (PNGs and WebPs that may say how to turn them
+# upright among them), and files the others refuse, are decoded by Pillow in `rescue`, off the
+# hot path.
 DECODERS = (
-    Decoder("Pillow", lambda header, options: (header.format == headers.TIFF) | (header.format == headers.HEIF)
-            | header.odd_bmp | (header.webp_metadata & options.exif_transpose), _left_to_pillow),
-    Decoder("JPEG", lambda header, options: header.format == headers.JPEG, _jpeg),
-    Decoder("animated WebP", lambda header, options: header.animated_webp, _animated_webp),
-    Decoder("8-bit BMP", lambda header, options: header.palette_bmp, _palette_bmp),
-    Decoder("PNG", lambda header, options: header.format == headers.PNG, _png),
-    Decoder("GIF, BMP or WebP", lambda header, options: tf.constant(True), _any_format),
+    Decoder("Pillow", lambda header, options, target_side: header.format in (headers.TIFF, headers.HEIF)
+            or header.odd_bmp or (header.webp_metadata or header.png_metadata) and options.exif_transpose,
+            _left_to_pillow),
+    *(_jpeg(ratio) for ratio in JPEG_RATIOS),
+    Decoder("animated WebP", lambda header, options, target_side: header.animated_webp, _animated_webp),
+    Decoder("8-bit BMP", lambda header, options, target_side: header.palette_bmp, _palette_bmp),
+    Decoder("GIF, PNG, BMP or WebP", lambda header, options, target_side: True, _any_format),
 )
 FORMAT_NAMES = "JPEG, PNG, GIF, BMP, WebP, TIFF, HEIC or AVIF"
 # The `decoder` of an ok row: the graph's decoders, or the fallback.
@@ -225,8 +224,8 @@ TENSORFLOW, PILLOW = "tensorflow", "pillow"
 class Check:
     """A limit checked from the header before decoding; `reason` names the failure for a row."""
 
-    passes: Callable[[headers.Header, InputSpec, DecodeOptions], tf.Tensor]  # bool scalar
-    reason: Callable[[headers.Header, bytes], str]  # from the header's values, eagerly
+    passes: Callable[[headers.Header, InputSpec, DecodeOptions], bool]
+    reason: Callable[[headers.Header, bytes], str]
 
 
 def _format_reason(header, data: bytes) -> str:
@@ -234,19 +233,44 @@ def _format_reason(header, data: bytes) -> str:
 
 
 def _pixels_reason(header, data: bytes) -> str:
-    kind, width, height, frames, pixels = (int(value) for value in header[:5])
-    if kind == headers.GIF and pixels > width * height:  # its frames, not its screen
-        return f"too-large: {pixels} pixels in {frames} frame{'s' if frames != 1 else ''}"
-    return f"too-large: {width}x{height}"
+    if header.format == headers.GIF and header.pixels > header.width * header.height:  # its frames, not its screen
+        return f"too-large: {header.pixels} pixels in {header.frames} frame{'s' if header.frames != 1 else ''}"
+    return f"too-large: {header.width}x{header.height}"
 
 
 # In order. Models that take encoded bytes get the pixel limit too, as they would decode the
 # bomb themselves, but no format check: they may read formats we do not.
 CHECKS = (
-    Check(lambda header, spec, options: tf.constant(True) if spec.encoded else header.format != headers.UNKNOWN,
-          _format_reason),
+    Check(lambda header, spec, options: spec.encoded or header.format != headers.UNKNOWN, _format_reason),
     Check(lambda header, spec, options: header.pixels <= options.max_pixels, _pixels_reason),
 )
+
+
+class Plan(NamedTuple):
+    """What a file's header decides before its pixels are decoded: which branch of the graph's
+    switch decodes it (REFUSED when it fails one of CHECKS), how EXIF says to turn it, and its
+    stored size (0 when unknown) for the `width` and `height` columns. Python ints for one file;
+    [files] int64 tensors in the graph (`read_batch`)."""
+
+    branch: int
+    orientation: int
+    width: int
+    height: int
+
+
+REFUSED = 0  # the first branch; then one per decoder (DECODERS, or the one of --preset keras)
+
+
+def plan(data: bytes, spec: InputSpec, options: DecodeOptions) -> Plan:
+    header = headers.read_header(data, options.exif_transpose)
+    if not all(check.passes(header, spec, options) for check in CHECKS):
+        branch = REFUSED
+    elif spec.encoded or options.decoder == "keras":
+        branch = 1
+    else:
+        target_side = scale_target(spec, options.resize)
+        branch = 1 + next(i for i, decoder in enumerate(DECODERS) if decoder.takes(header, options, target_side))
+    return Plan(branch, header.orientation, header.width, header.height)
 
 
 def to_channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
@@ -260,74 +284,71 @@ def to_channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
     return result
 
 
-def _keras_pixels(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
+def _keras_pixels(data: tf.Tensor, orientation: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
     """As `keras.utils.image_dataset_from_directory` decodes: decode_image into the model's
     channels (the decoder's own colour conversion), first frame, never at reduced scale; turned
-    by EXIF only when --exif-transpose is given explicitly."""
+    by EXIF (JPEGs only) when --exif-transpose is given explicitly."""
     image = tf.io.decode_image(data, channels=spec.channels, expand_animations=False)
     if options.exif_transpose:
-        image = tf.cond(header.format == headers.JPEG,
-                        lambda: _upright(image, headers.exif_orientation(data, header)), lambda: image)
+        image = _upright(image, orientation)
     image.set_shape((None, None, spec.channels))
     return image
 
 
-def pixels(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
-    """The file's pixels by the first decoder in DECODERS that takes it: one switch, so that each
-    file pays for its own format's work only (in tf.data every cond is a function call per
-    file, tens of microseconds, a fair share of a small PNG)."""
+def pixels(data: tf.Tensor, planned: Plan, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
+    """The file's pixels by the branch its `plan` chose: one switch, so that each file pays for
+    its own format's work only, and a file refused by CHECKS fails before any pixel is decoded,
+    so a decompression bomb costs a header read. A failed check drops the file like a decode
+    error, and `diagnose` names the reason."""
+    refused = lambda: _failing("header check failed")  # noqa: E731
     if options.decoder == "keras":
-        return _keras_pixels(data, header, spec, options)
-    branch = tf.argmax(tf.stack([decoder.takes(header, options) for decoder in DECODERS]), output_type=tf.int32)
-    target_side = scale_target(spec, options.resize)
-    return tf.switch_case(branch, [lambda decoder=decoder: decoder.decode(data, header, options, target_side)
-                                   for decoder in DECODERS])
+        branches = [refused, lambda: _keras_pixels(data, planned.orientation, spec, options)]
+    else:
+        branches = [refused] + [lambda decoder=decoder: decoder.decode(data, planned.orientation, options)
+                                for decoder in DECODERS]
+    return tf.switch_case(tf.cast(planned.branch, tf.int32), branches)
 
 
 def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
     """Encoded bytes to one model input, shaped and typed as the signature wants."""
-    return _decode(data, headers.read_header(data), spec, options)
+    return decode_with_facts(data, spec, options)[0]
 
 
-def read_batch(data: tf.Tensor, options: DecodeOptions) -> tuple[headers.Header, tf.Tensor]:
-    """(the headers, the 64-bit fingerprints) of a batch of files ([files] strings), read with
-    ops that take the whole batch at once: tf.data pays for every op once per call, and the few
-    dozen ops of a header read cost about as much as decoding a 64x64 PNG when paid per file."""
-    return headers.read_headers(data, options.exif_transpose), tf.fingerprint(data)
+def read_batch(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[Plan, tf.Tensor]:
+    """(the `plan` of each file, the 64-bit fingerprints) of a batch of files ([files] strings),
+    in one call for the batch: the headers are read in Python (see `headers`), and tf.data pays
+    for that call once per batch rather than once per file."""
+    def plans(data: tf.Tensor) -> list[np.ndarray]:
+        rows = np.array([plan(raw, spec, options) for raw in data.numpy()], np.int64).reshape(-1, len(Plan._fields))
+        return list(rows.T)
+
+    columns = tf.py_function(plans, [data], [tf.int64] * len(Plan._fields))
+    return Plan(*(tf.ensure_shape(column, data.shape) for column in columns)), tf.fingerprint(data)
 
 
-def decode_read(data: tf.Tensor, header: headers.Header, content_hash: tf.Tensor, spec: InputSpec,
+def decode_read(data: tf.Tensor, planned: Plan, content_hash: tf.Tensor, spec: InputSpec,
                 options: DecodeOptions) -> tuple[tf.Tensor, dict]:
     """One file of a `read_batch`: its model input, and what it says of itself, where its bytes
     already are: the stored size from the header (0 when unknown) and a 64-bit fingerprint of the
     bytes (FarmHash, as tf.fingerprint computes it), for the `width`, `height` and
     `content_hash` columns."""
-    header = headers.with_jpeg_size(header, data)
-    facts = {"width": tf.cast(header.width, tf.int32), "height": tf.cast(header.height, tf.int32),
+    facts = {"width": tf.cast(planned.width, tf.int32), "height": tf.cast(planned.height, tf.int32),
              "content_hash": content_hash}
-    return _decode(data, header, spec, options), facts
+    if spec.encoded:
+        return checked(data, planned), facts
+    return model_input(pixels(data, planned, spec, options), spec, options.resize), facts
 
 
 def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:
     """`decode_read` of one file, as a batch of one."""
-    header, content_hash = read_batch(data[None], options)
-    return decode_read(data, headers.Header(*(field[0] for field in header)), content_hash[0], spec, options)
+    planned, content_hash = read_batch(data[None], spec, options)
+    return decode_read(data, Plan(*(column[0] for column in planned)), content_hash[0], spec, options)
 
 
-def _decode(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
-    data = checked(data, header, spec, options)
-    if spec.encoded:
-        return data
-    return model_input(pixels(data, header, spec, options), spec, options.resize)
-
-
-def checked(data: tf.Tensor, header: headers.Header, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
-    """The bytes, only once the CHECKS pass (control dependencies), so a decompression bomb costs
-    a header read and never its pixels; a failed check drops the file like a decode error and
-    `diagnose` names the reason."""
-    acceptable = tf.reduce_all(tf.stack([check.passes(header, spec, options) for check in CHECKS]))
+def checked(data: tf.Tensor, planned: Plan) -> tf.Tensor:
+    """The bytes, for a model that decodes them itself, only once the CHECKS pass."""
     # Strings only: with other data, tf.debugging.Assert wraps itself in a cond, a call per file.
-    with tf.control_dependencies([tf.debugging.Assert(acceptable, ["header check failed"])]):
+    with tf.control_dependencies([tf.debugging.Assert(planned.branch != REFUSED, ["header check failed"])]):
         return tf.identity(data)
 
 
@@ -445,7 +466,7 @@ def rescue(item: ListedFile, data: bytes | None, spec: InputSpec,
     else:
         tensor = tf.convert_to_tensor(data, tf.string)
     raw = tensor.numpy()
-    header = _header(tensor)
+    header = headers.read_header(raw, orientation=False)
     failed = _failed_check(header, raw, spec, options)
     if failed is not None or spec.encoded:  # an encoded-bytes model decodes files itself
         return None, failed or diagnose_data(tensor, spec, options)
@@ -453,28 +474,15 @@ def rescue(item: ListedFile, data: bytes | None, spec: InputSpec,
         return fallback.pixels(raw, options.max_pixels, options.exif_transpose), None
     except fallback.Refused as refused:
         pillow_reason = refused.reason
-    if header is not None and int(header.format) in (headers.TIFF, headers.HEIF) or pillow_reason.startswith(
-            "too-large"):
+    if header.format in (headers.TIFF, headers.HEIF) or pillow_reason.startswith("too-large"):
         return None, pillow_reason
     reason = diagnose_data(tensor, spec, options)
     return None, pillow_reason if LEFT_TO_PILLOW in reason else reason
 
 
-def _header(data: tf.Tensor) -> headers.Header | None:
-    try:
-        return headers.read_header(data)
-    except tf.errors.OpError:
-        return None  # a JPEG whose headers libjpeg cannot read; decode says why
-
-
-def _failed_check(header: headers.Header | None, raw: bytes, spec: InputSpec,
-                  options: DecodeOptions) -> str | None:
+def _failed_check(header: headers.Header, raw: bytes, spec: InputSpec, options: DecodeOptions) -> str | None:
     """The reason of the first of CHECKS the header fails, if any."""
-    if header is not None:
-        for check in CHECKS:
-            if not bool(check.passes(header, spec, options)):
-                return check.reason(header, raw)
-    return None
+    return next((check.reason(header, raw) for check in CHECKS if not check.passes(header, spec, options)), None)
 
 
 def diagnose_data(data: tf.Tensor | bytes, spec: InputSpec, options: DecodeOptions) -> str:
@@ -482,10 +490,10 @@ def diagnose_data(data: tf.Tensor | bytes, spec: InputSpec, options: DecodeOptio
     than most decoders' messages), then the decoder's own message."""
     data = tf.convert_to_tensor(data, tf.string)
     raw = data.numpy()
-    failed = _failed_check(_header(data), raw, spec, options)
+    failed = _failed_check(headers.read_header(raw, orientation=False), raw, spec, options)
     if failed is not None:
         return failed
-    if headers.ends_early(raw, int(headers.image_format(data))):
+    if headers.ends_early(raw, headers.image_format(raw)):
         return "decode: truncated"
     try:
         decode(data, spec, options)

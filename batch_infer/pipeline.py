@@ -66,14 +66,14 @@ def _read_then_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int
 
     def read(index, path):
         data = tf.map_fn(tf.io.read_file, path, fn_output_signature=tf.string)
-        return (index, data, *read_batch(data, options))
+        return (index, data, *read_batch(data, spec, options))
 
     # Read a batch at a time (a file that cannot be read drops its whole batch), then decode file
     # by file: inside tf.map_fn every tf.cond of the decode is a function call, in a map it is not.
     return (tf.data.Dataset.from_tensor_slices((indices, paths)).batch(batch_size)
                .map(as_written(read), num_parallel_calls=plan.decode, deterministic=True).ignore_errors().unbatch()
-               .map(as_written(lambda index, data, header, content_hash: (
-                   index, *decode_read(data, header, content_hash, spec, options))),
+               .map(as_written(lambda index, data, planned, content_hash: (
+                   index, *decode_read(data, planned, content_hash, spec, options))),
                     num_parallel_calls=plan.decode, deterministic=True)
                .ignore_errors().batch(batch_size))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -18,7 +19,7 @@ import models
 import reference
 from conftest import run_cli
 
-from batch_infer.decoding import DecodeOptions, Resize, _jpeg_scale, decode, scale_target
+from batch_infer.decoding import DecodeOptions, Resize, decode, jpeg_ratio, scale_target
 from batch_infer.headers import read_header
 from batch_infer.listing import list_images
 from batch_infer.model import load_model
@@ -211,12 +212,14 @@ def test_encoded_models_refuse_resize_options(model_dir, image_dir, tmp_path, ca
 def test_scaled_decode_keeps_the_crop_fraction_box_above_the_model_size():
     """A 96x80 JPEG for a 16x12 model: at --crop-fraction 0.5 the short side must stay >= 32, so
     1/2 scale (40) but not 1/4 (20); at 1 it may go to 1/4 (20 >= 16)."""
-    data = tf.io.encode_jpeg(np.zeros((96, 80, 3), np.uint8))
-    header = read_header(data)
+    header = read_header(tf.io.encode_jpeg(np.zeros((96, 80, 3), np.uint8)).numpy())
+    assert (header.width, header.height) == (80, 96)
     spec = type("Spec", (), {"image_size": SIZE})
-    assert int(_jpeg_scale(header, scale_target(spec, Resize("crop", 0.5)))) == 1
-    assert int(_jpeg_scale(header, scale_target(spec, Resize("crop", 1.0)))) == 2
-    assert int(_jpeg_scale(header, scale_target(spec, Resize("pad", 1.0)))) == 2
+    options = DecodeOptions(10**8, 512, True, True)
+    assert jpeg_ratio(header, scale_target(spec, Resize("crop", 0.5)), options) == 2
+    assert jpeg_ratio(header, scale_target(spec, Resize("crop", 1.0)), options) == 4
+    assert jpeg_ratio(header, scale_target(spec, Resize("pad", 1.0)), options) == 4
+    assert jpeg_ratio(header, scale_target(spec, Resize("pad", 1.0)), replace(options, scaled_decode=False)) == 1
 
 
 # --- inspect --against -----------------------------------------------------------------------

@@ -31,6 +31,7 @@ import models
 from conftest import read_output, skip_or_fail
 from batch_infer.cli import main
 from batch_infer.listing import ListedFile
+from batch_infer import decoding, headers
 from batch_infer.decoding import DecodeOptions, decode, diagnose
 from batch_infer.model import InputSpec
 
@@ -372,3 +373,22 @@ def test_a_folder_of_mutated_files_finishes_with_one_row_each(tmp_path, model):
     rows = read_output(output).to_dict("records")
     assert sorted(row["path"] for row in rows) == sorted(os.listdir(root))
     assert all(row["status"] == "ok" or row["error"].startswith(ALLOWED) for row in rows)
+
+
+def test_jpeg_size_is_the_frame_headers_as_libjpeg_reads_it():
+    """The header walk skips segments by their length, so the SOF of a thumbnail inside APP1
+    is not taken for the image's, and steps over fill and stray bytes as libjpeg does; the
+    pixel limit then checks the size libjpeg will decode."""
+    photo = corpus.encode(corpus.picture(), "JPEG")
+    thumbnail = corpus.encode(corpus.picture().resize((8, 6)), "JPEG")
+    app1 = b"Exif\0\0" + thumbnail
+    with_thumbnail = photo[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + photo[2:]
+    filled = photo[:2] + b"\xff\xff" + photo[2:]
+    for data in (photo, with_thumbnail, filled):
+        height, width = (int(side) for side in tf.io.extract_jpeg_shape(data)[:2])
+        header = headers.read_header(data)
+        assert (header.width, header.height) == (width, height) != (8, 6)
+        assert header.pixels == width * height
+    bomb = DecodeOptions(width * height - 1, corpus.MAX_FILE_MB, exif_transpose=True, scaled_decode=True)
+    item = ListedFile("thumbnail.jpg", b"", size=len(with_thumbnail))
+    assert decoding.rescue(item, with_thumbnail, pixels_spec(16, 16), bomb)[1] == f"too-large: {width}x{height}"
