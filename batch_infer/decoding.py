@@ -160,34 +160,40 @@ class Decoder:
 
     name: str
     takes: Callable[[headers.Header, DecodeOptions, float], bool]  # header, options, scale_target
-    decode: Callable[[tf.Tensor, tf.Tensor, DecodeOptions], tf.Tensor]  # data, EXIF orientation, options
+    decode: Callable[[tf.Tensor, "Plan"], tf.Tensor]  # data, its plan (as tensors)
 
 
-def _jpeg(ratio: int) -> Decoder:
-    """Decoded at 1 / ratio of its size by libjpeg itself (`jpeg_ratio`)."""
-    def decode(data, orientation, options):
-        image = tf.io.decode_jpeg(data, channels=0, ratio=ratio)
-        return _upright(image, orientation) if options.exif_transpose else image
-
+def _upright_jpeg(ratio: int) -> Decoder:
+    """Decoded at 1 / ratio of its size by libjpeg itself (`jpeg_ratio`). One op: in tf.data a
+    switch runs as a graph of every branch, so every op of every branch costs each file a
+    little, whichever branch it takes."""
     return Decoder(f"JPEG at 1/{ratio}", lambda header, options, target_side: header.format == headers.JPEG
-                   and jpeg_ratio(header, target_side, options) == ratio, decode)
+                   and header.orientation == 1 and jpeg_ratio(header, target_side, options) == ratio,
+                   lambda data, planned: tf.io.decode_jpeg(data, channels=0, ratio=ratio))
 
 
-def _any_format(data, orientation, options):
+def _turned_jpeg(data, planned):
+    """A JPEG whose EXIF says to turn it (only read with --exif-transpose), at its `jpeg_ratio`."""
+    image = tf.switch_case(tf.cast(planned.ratio_index, tf.int32),
+                           [lambda ratio=ratio: tf.io.decode_jpeg(data, channels=0, ratio=ratio) for ratio in JPEG_RATIOS])
+    return _upright(image, planned.orientation)
+
+
+def _any_format(data, planned):
     """channels=0 because TensorFlow refuses other counts for some files: channels=1 for BMP,
     GIF and CMYK JPEG, channels=3 for WebP with alpha. The first frame of an animation
     (expand_animations=False); 16-bit PNGs keep their high byte."""
     return tf.io.decode_image(data, channels=0, expand_animations=False)
 
 
-def _animated_webp(data, orientation, options):
+def _animated_webp(data, planned):
     return tf.io.decode_image(headers.with_webp_alpha_flag(data), channels=4, expand_animations=False)
 
 
 LEFT_TO_PILLOW = "left to the Pillow fallback"
 
 
-def _left_to_pillow(data, orientation, options):
+def _left_to_pillow(data, planned):
     """Fails, so that the file drops out of the graph and `rescue` decodes it."""
     return _failing(LEFT_TO_PILLOW)
 
@@ -197,8 +203,8 @@ def _failing(message: str) -> tf.Tensor:
         return tf.zeros((0, 0, 3), tf.uint8)
 
 
-def _palette_bmp(data, orientation, options):
-    return tf.gather(headers.bmp_palette(data), tf.cast(_any_format(data, orientation, options)[..., 0], tf.int32))
+def _palette_bmp(data, planned):
+    return tf.gather(headers.bmp_palette(data), tf.cast(_any_format(data, planned)[..., 0], tf.int32))
 
 
 # The first entry that takes a file decodes it; the last takes every file, and refuses (with
@@ -210,7 +216,8 @@ DECODERS = (
     Decoder("Pillow", lambda header, options, target_side: header.format in (headers.TIFF, headers.HEIF)
             or header.odd_bmp or (header.webp_metadata or header.png_metadata) and options.exif_transpose,
             _left_to_pillow),
-    *(_jpeg(ratio) for ratio in JPEG_RATIOS),
+    *(_upright_jpeg(ratio) for ratio in JPEG_RATIOS),
+    Decoder("turned JPEG", lambda header, options, target_side: header.format == headers.JPEG, _turned_jpeg),
     Decoder("animated WebP", lambda header, options, target_side: header.animated_webp, _animated_webp),
     Decoder("8-bit BMP", lambda header, options, target_side: header.palette_bmp, _palette_bmp),
     Decoder("GIF, PNG, BMP or WebP", lambda header, options, target_side: True, _any_format),
@@ -248,12 +255,14 @@ CHECKS = (
 
 class Plan(NamedTuple):
     """What a file's header decides before its pixels are decoded: which branch of the graph's
-    switch decodes it (REFUSED when it fails one of CHECKS), how EXIF says to turn it, and its
-    stored size (0 when unknown) for the `width` and `height` columns. Python ints for one file;
-    [files] int64 tensors in the graph (`read_batch`)."""
+    switch decodes it (REFUSED when it fails one of CHECKS), how EXIF says to turn it and the
+    JPEG scale to decode it at (for "turned JPEG"), and its stored size (0 when unknown) for the
+    `width` and `height` columns. Python ints for one file; [files] int64 tensors in the graph
+    (`read_batch`)."""
 
     branch: int
     orientation: int
+    ratio_index: int  # into JPEG_RATIOS
     width: int
     height: int
 
@@ -263,14 +272,13 @@ REFUSED = 0  # the first branch; then one per decoder (DECODERS, or the one of -
 
 def plan(data: bytes, spec: InputSpec, options: DecodeOptions) -> Plan:
     header = headers.read_header(data, options.exif_transpose)
-    if not all(check.passes(header, spec, options) for check in CHECKS):
-        branch = REFUSED
-    elif spec.encoded or options.decoder == "keras":
-        branch = 1
-    else:
-        target_side = scale_target(spec, options.resize)
-        branch = 1 + next(i for i, decoder in enumerate(DECODERS) if decoder.takes(header, options, target_side))
-    return Plan(branch, header.orientation, header.width, header.height)
+    passes = all(check.passes(header, spec, options) for check in CHECKS)
+    if spec.encoded or options.decoder == "keras":
+        return Plan(1 if passes else REFUSED, header.orientation, 0, header.width, header.height)
+    target_side = scale_target(spec, options.resize)
+    branch = 1 + next(i for i, decoder in enumerate(DECODERS) if decoder.takes(header, options, target_side))
+    return Plan(branch if passes else REFUSED, header.orientation,
+                JPEG_RATIOS.index(jpeg_ratio(header, target_side, options)), header.width, header.height)
 
 
 def to_channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
@@ -304,8 +312,7 @@ def pixels(data: tf.Tensor, planned: Plan, spec: InputSpec, options: DecodeOptio
     if options.decoder == "keras":
         branches = [refused, lambda: _keras_pixels(data, planned.orientation, spec, options)]
     else:
-        branches = [refused] + [lambda decoder=decoder: decoder.decode(data, planned.orientation, options)
-                                for decoder in DECODERS]
+        branches = [refused] + [lambda decoder=decoder: decoder.decode(data, planned) for decoder in DECODERS]
     return tf.switch_case(tf.cast(planned.branch, tf.int32), branches)
 
 
