@@ -15,7 +15,7 @@ two fixes that must edit bytes on their way to TensorFlow's decoders are graph o
 
 from __future__ import annotations
 
-import struct
+import functools
 from typing import NamedTuple
 
 from .tf_import import tf
@@ -67,7 +67,18 @@ def _uint(data: bytes, offset: int, length: int, little: bool = True) -> int:
 
 def _matches(data: bytes, pattern: bytes) -> bool:
     return len(data) >= len(pattern) and all(
-        want == ord("?") or have == want for have, want in zip(data, pattern))
+        data.startswith(piece, offset) for offset, piece in _pieces(pattern))
+
+
+@functools.cache
+def _pieces(pattern: bytes) -> tuple[tuple[int, bytes], ...]:
+    """The runs of a pattern between its "?" wildcards, with their offsets."""
+    pieces, offset = [], 0
+    for piece in pattern.split(b"?"):
+        if piece:
+            pieces.append((offset, piece))
+        offset += len(piece) + 1
+    return tuple(pieces)
 
 
 def image_format(data: bytes) -> int:

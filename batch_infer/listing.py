@@ -50,7 +50,7 @@ class Listing:
         """The listing's columns for `items`, in the order of `fields`."""
         kept = self.kept.take(pa.array([item.row for item in items], pa.int64())) if self.kept.num_columns else None
         return [pa.array([item.size if item.problem is None else None for item in items], pa.int64()),
-                pa.array([item.mtime_ns for item in items], pa.int64()).cast(LISTED_FIELDS[1].type),
+                pa.array([item.mtime_ns for item in items], LISTED_FIELDS[1].type),
                 *(kept.columns if kept is not None else [])]
 
     def annotate(self, table: pa.Table, by_path: dict[str, ListedFile]) -> pa.Table:
