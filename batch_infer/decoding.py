@@ -271,6 +271,7 @@ REFUSED = 0  # the first branch; then one per decoder (DECODERS, or the one of -
 
 
 def plan(data: bytes, spec: InputSpec, options: DecodeOptions) -> Plan:
+    """The Plan of one file's bytes, from its header: the first of DECODERS that takes it."""
     header = headers.read_header(data, options.exif_transpose)
     passes = all(check.passes(header, spec, options) for check in CHECKS)
     if spec.encoded or options.decoder == "keras":
