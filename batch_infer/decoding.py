@@ -159,7 +159,7 @@ class Decoder:
     channels] uint8, as stored (JPEGs turned upright by EXIF when asked), by graph ops."""
 
     name: str
-    takes: Callable[[headers.Header, DecodeOptions, float], bool]  # header, options, scale_target
+    takes: Callable[[headers.Header, DecodeOptions, int], bool]  # header, options, its `jpeg_ratio`
     decode: Callable[[tf.Tensor, "Plan"], tf.Tensor]  # data, its plan (as tensors)
 
 
@@ -167,8 +167,8 @@ def _upright_jpeg(ratio: int) -> Decoder:
     """Decoded at 1 / ratio of its size by libjpeg itself (`jpeg_ratio`). One op: in tf.data a
     switch runs as a graph of every branch, so every op of every branch costs each file a
     little, whichever branch it takes."""
-    return Decoder(f"JPEG at 1/{ratio}", lambda header, options, target_side: header.format == headers.JPEG
-                   and header.orientation == 1 and jpeg_ratio(header, target_side, options) == ratio,
+    return Decoder(f"JPEG at 1/{ratio}", lambda header, options, file_ratio: header.format == headers.JPEG
+                   and header.orientation == 1 and file_ratio == ratio,
                    lambda data, planned: tf.io.decode_jpeg(data, channels=0, ratio=ratio))
 
 
@@ -213,14 +213,14 @@ def _palette_bmp(data, planned):
 # upright among them), and files the others refuse, are decoded by Pillow in `rescue`, off the
 # hot path.
 DECODERS = (
-    Decoder("Pillow", lambda header, options, target_side: header.format in (headers.TIFF, headers.HEIF)
+    Decoder("Pillow", lambda header, options, ratio: header.format in (headers.TIFF, headers.HEIF)
             or header.odd_bmp or (header.webp_metadata or header.png_metadata) and options.exif_transpose,
             _left_to_pillow),
     *(_upright_jpeg(ratio) for ratio in JPEG_RATIOS),
-    Decoder("turned JPEG", lambda header, options, target_side: header.format == headers.JPEG, _turned_jpeg),
-    Decoder("animated WebP", lambda header, options, target_side: header.animated_webp, _animated_webp),
-    Decoder("8-bit BMP", lambda header, options, target_side: header.palette_bmp, _palette_bmp),
-    Decoder("GIF, PNG, BMP or WebP", lambda header, options, target_side: True, _any_format),
+    Decoder("turned JPEG", lambda header, options, ratio: header.format == headers.JPEG, _turned_jpeg),
+    Decoder("animated WebP", lambda header, options, ratio: header.animated_webp, _animated_webp),
+    Decoder("8-bit BMP", lambda header, options, ratio: header.palette_bmp, _palette_bmp),
+    Decoder("GIF, PNG, BMP or WebP", lambda header, options, ratio: True, _any_format),
 )
 FORMAT_NAMES = "JPEG, PNG, GIF, BMP, WebP, TIFF, HEIC or AVIF"
 # The `decoder` of an ok row: the graph's decoders, or the fallback.
@@ -276,10 +276,10 @@ def plan(data: bytes, spec: InputSpec, options: DecodeOptions) -> Plan:
     passes = all(check.passes(header, spec, options) for check in CHECKS)
     if spec.encoded or options.decoder == "keras":
         return Plan(1 if passes else REFUSED, header.orientation, 0, header.width, header.height)
-    target_side = scale_target(spec, options.resize)
-    branch = 1 + next(i for i, decoder in enumerate(DECODERS) if decoder.takes(header, options, target_side))
-    return Plan(branch if passes else REFUSED, header.orientation,
-                JPEG_RATIOS.index(jpeg_ratio(header, target_side, options)), header.width, header.height)
+    ratio = jpeg_ratio(header, scale_target(spec, options.resize), options)
+    branch = 1 + next(i for i, decoder in enumerate(DECODERS) if decoder.takes(header, options, ratio))
+    return Plan(branch if passes else REFUSED, header.orientation, JPEG_RATIOS.index(ratio), header.width,
+                header.height)
 
 
 def to_channels(image: tf.Tensor, wanted: int) -> tf.Tensor:

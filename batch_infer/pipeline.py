@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from . import parallel, storage
-from .decoding import DecodeOptions, decode_read, decode_with_facts, read_batch
+from .decoding import DecodeOptions, Plan, decode_read, decode_with_facts, plan, read_batch
 from .listing import ListedFile
 from .model import InputSpec
 from .tf_import import tf
@@ -77,6 +77,7 @@ def _read_then_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int
                     num_parallel_calls=plan.decode, deterministic=True)
                .ignore_errors().batch(batch_size))
 
+
 def as_written(function):
     """`function` traced as written, without AutoGraph: the decode uses tf.cond where it branches,
     and AutoGraph's conversion of every function it calls took about 6 of the 7 seconds that
@@ -139,8 +140,12 @@ class BytesDecoder:
     more than decoding it. Files decode on a pool of threads, as TensorFlow releases the GIL."""
 
     def __init__(self, spec: InputSpec, options: DecodeOptions, threads: int | None = None):
-        self.function = tf.function(lambda data: decode_with_facts(data, spec, options), autograph=False,
-                                    input_signature=[tf.TensorSpec([], tf.string)])
+        self.spec, self.options = spec, options
+        # Each file's header is read here, in Python (`decoding.plan`); only its decode is traced.
+        signature = [tf.TensorSpec([], tf.string), tf.TensorSpec([len(Plan._fields)], tf.int64)]
+        self.function = tf.function(lambda data, planned: decode_read(
+            data, Plan(*tf.unstack(planned)), tf.fingerprint(data[None])[0], spec, options),
+            autograph=False, input_signature=signature)
         self.pool = ThreadPoolExecutor(threads or parallel.usable_cores())
 
     def __call__(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
@@ -156,6 +161,6 @@ class BytesDecoder:
 
     def _one(self, data: bytes) -> tuple[tf.Tensor, dict] | None:
         try:
-            return self.function(data)
+            return self.function(data, np.array(plan(data, self.spec, self.options), np.int64))
         except tf.errors.OpError:
             return None
