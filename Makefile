@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/decode_cost.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/features.py
 
 airflow-venv:
 	bash jobs/airflow/install.sh

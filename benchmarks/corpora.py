@@ -63,21 +63,24 @@ def make_corpus(name: str, tf) -> str:
     return folder
 
 
-def timed_run(model: str, folder: str, extra: list[str], batch: int = 32) -> tuple[float, dict, list[int]]:
-    """(seconds, summary line, sizes of the parts written) of one `batch-infer run` into a
-    temporary OUT, which is removed afterwards."""
-    output = tempfile.mkdtemp(prefix="bench-run-")
+def timed_run(model: str, folder: str, extra: list[str], batch: int = 32,
+              output: str | None = None) -> tuple[float, dict, list[int]]:
+    """(seconds, summary line, sizes of the parts written) of one `batch-infer run` into
+    `output`, by default a temporary OUT, which is removed afterwards."""
+    kept = output
+    output = kept or os.path.join(tempfile.mkdtemp(prefix="bench-run-"), "out")
     try:
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "batch_infer", "run", "--model", model,
-                               "--input", folder, "--output", os.path.join(output, "out"), "--quiet",
+                               "--input", folder, "--output", output, "--quiet",
                                "--batch-size", str(batch), *extra],
                               check=True, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=900)
         seconds = time.perf_counter() - started
-        parts = [os.path.getsize(path) for path in glob.glob(os.path.join(output, "out", "part-*.parquet"))]
+        parts = [os.path.getsize(path) for path in glob.glob(os.path.join(output, "part-*.parquet"))]
         return seconds, json.loads(done.stdout.strip().splitlines()[-1]), parts
     finally:
-        shutil.rmtree(output)
+        if kept is None:
+            shutil.rmtree(os.path.dirname(output))
 
 
 def repeated(folder: str, copies: int) -> str:
