@@ -167,7 +167,7 @@ def _decoded(files, spec, geometries, plan):
                             for resize in geometries)
 
     def planned(data, decoding):
-        return Plan(*(column[0] for column in read_batch(data[None], spec, decoding)[0]))
+        return Plan(*tf.unstack(read_batch(data[None], spec, decoding)[0][0]))
 
     paths = np.array([item.fs_path for item in files], dtype=object)
     threading = tf.data.Options()

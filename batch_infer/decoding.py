@@ -4,9 +4,9 @@ Two tables drive both the tf.data graph and the per-file diagnosis, so the two c
 CHECKS, the limits a file must pass before any pixel is decoded, each with the reason it gives,
 and DECODERS, which turns which files into pixels. Both are decided from the file's header, in
 Python, before the graph decodes it (`plan`): the graph then runs one switch per file, whose
-first branch refuses a file that failed a check and the others decode; `diagnose_data` runs the
-same checks in order, then the same decode, and reports the first thing that fails. A further
-format is one more DECODERS entry.
+first branch fails a file that failed a check or is left to Pillow, and the others decode;
+`diagnose_data` runs the same checks in order, then the same decode, and reports the first thing
+that fails. A further format is one more DECODERS entry.
 
 Files the graph does not decode (the formats TensorFlow has no decoder for, files its decoders
 refuse, and PNGs and WebPs that may say how to turn them upright) drop out of it; `rescue`
@@ -160,7 +160,7 @@ class Decoder:
 
     name: str
     takes: Callable[[headers.Header, DecodeOptions, int], bool]  # header, options, its `jpeg_ratio`
-    decode: Callable[[tf.Tensor, "Plan"], tf.Tensor]  # data, its plan (as tensors)
+    decode: Callable[[tf.Tensor, "Plan"], tf.Tensor] | None  # data, its plan (as tensors); None: Pillow's
 
 
 def _upright_jpeg(ratio: int) -> Decoder:
@@ -193,11 +193,6 @@ def _animated_webp(data, planned):
 LEFT_TO_PILLOW = "left to the Pillow fallback"
 
 
-def _left_to_pillow(data, planned):
-    """Fails, so that the file drops out of the graph and `rescue` decodes it."""
-    return _failing(LEFT_TO_PILLOW)
-
-
 def _failing(message: str) -> tf.Tensor:
     with tf.control_dependencies([tf.debugging.Assert(tf.constant(False), [message])]):
         return tf.zeros((0, 0, 3), tf.uint8)
@@ -210,12 +205,12 @@ def _palette_bmp(data, planned):
 # The first entry that takes a file decodes it; the last takes every file, and refuses (with
 # TensorFlow's message) what it cannot read. Animated WebP and 8-bit BMP need the workarounds
 # in `headers`. Files the first entry takes (PNGs and WebPs that may say how to turn them
-# upright among them), and files the others refuse, are decoded by Pillow in `rescue`, off the
-# hot path.
+# upright among them) drop out of the graph before any decode, as files that fail a check do;
+# they, and files the others refuse, are decoded by Pillow in `rescue`, off the hot path.
 DECODERS = (
     Decoder("Pillow", lambda header, options, ratio: header.format in (headers.TIFF, headers.HEIF)
             or header.odd_bmp or (header.webp_metadata or header.png_metadata) and options.exif_transpose,
-            _left_to_pillow),
+            None),
     *(_upright_jpeg(ratio) for ratio in JPEG_RATIOS),
     Decoder("turned JPEG", lambda header, options, ratio: header.format == headers.JPEG, _turned_jpeg),
     Decoder("animated WebP", lambda header, options, ratio: header.animated_webp, _animated_webp),
@@ -255,10 +250,10 @@ CHECKS = (
 
 class Plan(NamedTuple):
     """What a file's header decides before its pixels are decoded: which branch of the graph's
-    switch decodes it (REFUSED when it fails one of CHECKS), how EXIF says to turn it and the
-    JPEG scale to decode it at (for "turned JPEG"), and its stored size (0 when unknown) for the
-    `width` and `height` columns. Python ints for one file; [files] int64 tensors in the graph
-    (`read_batch`)."""
+    switch decodes it (NOT_IN_GRAPH when it fails one of CHECKS, or Pillow decodes it), how EXIF
+    says to turn it and the JPEG scale to decode it at (for "turned JPEG"), and its stored size
+    (0 when unknown) for the `width` and `height` columns. Python ints for one file; in the graph
+    a [5] int64 vector per file (`read_batch`), unstacked where it is used (`decode_read`)."""
 
     branch: int
     orientation: int
@@ -267,7 +262,10 @@ class Plan(NamedTuple):
     height: int
 
 
-REFUSED = 0  # the first branch; then one per decoder (DECODERS, or the one of --preset keras)
+# The switch's branches: the first fails, then one per decoder the graph runs (DECODERS, or the
+# one of --preset keras).
+NOT_IN_GRAPH = 0
+GRAPH_DECODERS = tuple(decoder for decoder in DECODERS if decoder.decode is not None)
 
 
 def plan(data: bytes, spec: InputSpec, options: DecodeOptions) -> Plan:
@@ -275,11 +273,11 @@ def plan(data: bytes, spec: InputSpec, options: DecodeOptions) -> Plan:
     header = headers.read_header(data, options.exif_transpose)
     passes = all(check.passes(header, spec, options) for check in CHECKS)
     if spec.encoded or options.decoder == "keras":
-        return Plan(1 if passes else REFUSED, header.orientation, 0, header.width, header.height)
+        return Plan(1 if passes else NOT_IN_GRAPH, header.orientation, 0, header.width, header.height)
     ratio = jpeg_ratio(header, scale_target(spec, options.resize), options)
-    branch = 1 + next(i for i, decoder in enumerate(DECODERS) if decoder.takes(header, options, ratio))
-    return Plan(branch if passes else REFUSED, header.orientation, JPEG_RATIOS.index(ratio), header.width,
-                header.height)
+    decoder = next(decoder for decoder in DECODERS if decoder.takes(header, options, ratio))
+    branch = 1 + GRAPH_DECODERS.index(decoder) if passes and decoder.decode is not None else NOT_IN_GRAPH
+    return Plan(branch, header.orientation, JPEG_RATIOS.index(ratio), header.width, header.height)
 
 
 def to_channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
@@ -308,12 +306,13 @@ def pixels(data: tf.Tensor, planned: Plan, spec: InputSpec, options: DecodeOptio
     """The file's pixels by the branch its `plan` chose: one switch, so that each file pays for
     its own format's work only, and a file refused by CHECKS fails before any pixel is decoded,
     so a decompression bomb costs a header read. A failed check drops the file like a decode
-    error, and `diagnose` names the reason."""
-    refused = lambda: _failing("header check failed")  # noqa: E731
+    error, and `diagnose` names the reason; a file left to Pillow drops out the same way."""
+    not_in_graph = lambda: _failing(f"a header check failed, or {LEFT_TO_PILLOW}")  # noqa: E731
     if options.decoder == "keras":
-        branches = [refused, lambda: _keras_pixels(data, planned.orientation, spec, options)]
+        branches = [not_in_graph, lambda: _keras_pixels(data, planned.orientation, spec, options)]
     else:
-        branches = [refused] + [lambda decoder=decoder: decoder.decode(data, planned) for decoder in DECODERS]
+        branches = [not_in_graph] + [lambda decoder=decoder: decoder.decode(data, planned)
+                                     for decoder in GRAPH_DECODERS]
     return tf.switch_case(tf.cast(planned.branch, tf.int32), branches)
 
 
@@ -322,26 +321,26 @@ def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tenso
     return decode_with_facts(data, spec, options)[0]
 
 
-def read_batch(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[Plan, tf.Tensor]:
-    """(the `plan` of each file, the 64-bit fingerprints) of a batch of files ([files] strings),
-    in one call for the batch: the headers are read in Python (see `headers`), and tf.data pays
-    for that call once per batch rather than once per file."""
-    def plans(data: tf.Tensor) -> list[np.ndarray]:
-        rows = np.array([plan(raw, spec, options) for raw in data.numpy()], np.int64).reshape(-1, len(Plan._fields))
-        return list(rows.T)
+def read_batch(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, tf.Tensor]:
+    """(the `plan` of each file as a [files, 5] int64 tensor, the 64-bit fingerprints) of a batch
+    of files ([files] strings), in one call for the batch: the headers are read in Python (see
+    `headers`), and tf.data pays for that call once per batch rather than once per file. One
+    tensor, not one per field: unbatching costs each file a little for every tensor it splits."""
+    def plans(data: tf.Tensor) -> np.ndarray:
+        return np.array([plan(raw, spec, options) for raw in data.numpy()], np.int64).reshape(-1, len(Plan._fields))
 
-    columns = tf.py_function(plans, [data], [tf.int64] * len(Plan._fields))
-    return Plan(*(tf.ensure_shape(column, data.shape) for column in columns)), tf.fingerprint(data)
+    planned = tf.py_function(plans, [data], tf.int64)
+    return tf.ensure_shape(planned, [data.shape[0], len(Plan._fields)]), tf.fingerprint(data)
 
 
-def decode_read(data: tf.Tensor, planned: Plan, content_hash: tf.Tensor, spec: InputSpec,
+def decode_read(data: tf.Tensor, planned: tf.Tensor, content_hash: tf.Tensor, spec: InputSpec,
                 options: DecodeOptions) -> tuple[tf.Tensor, dict]:
-    """One file of a `read_batch`: its model input, and what it says of itself, where its bytes
-    already are: the stored size from the header (0 when unknown) and a 64-bit fingerprint of the
-    bytes (FarmHash, as tf.fingerprint computes it), for the `width`, `height` and
-    `content_hash` columns."""
-    facts = {"width": tf.cast(planned.width, tf.int32), "height": tf.cast(planned.height, tf.int32),
-             "content_hash": content_hash}
+    """One file of a `read_batch` (`planned` its row of plans): its model input, and what it
+    says of itself, where its bytes already are: the stored size from the header (0 when
+    unknown; int64, which the columns narrow) and a 64-bit fingerprint of the bytes (FarmHash, as
+    tf.fingerprint computes it), for the `width`, `height` and `content_hash` columns."""
+    planned = Plan(*tf.unstack(planned))
+    facts = {"width": planned.width, "height": planned.height, "content_hash": content_hash}
     if spec.encoded:
         return checked(data, planned), facts
     return model_input(pixels(data, planned, spec, options), spec, options.resize), facts
@@ -350,13 +349,13 @@ def decode_read(data: tf.Tensor, planned: Plan, content_hash: tf.Tensor, spec: I
 def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:
     """`decode_read` of one file, as a batch of one."""
     planned, content_hash = read_batch(data[None], spec, options)
-    return decode_read(data, Plan(*(column[0] for column in planned)), content_hash[0], spec, options)
+    return decode_read(data, planned[0], content_hash[0], spec, options)
 
 
 def checked(data: tf.Tensor, planned: Plan) -> tf.Tensor:
     """The bytes, for a model that decodes them itself, only once the CHECKS pass."""
     # Strings only: with other data, tf.debugging.Assert wraps itself in a cond, a call per file.
-    with tf.control_dependencies([tf.debugging.Assert(planned.branch != REFUSED, ["header check failed"])]):
+    with tf.control_dependencies([tf.debugging.Assert(planned.branch != NOT_IN_GRAPH, ["header check failed"])]):
         return tf.identity(data)
 
 

@@ -144,7 +144,7 @@ class BytesDecoder:
         # Each file's header is read here, in Python (`decoding.plan`); only its decode is traced.
         signature = [tf.TensorSpec([], tf.string), tf.TensorSpec([len(Plan._fields)], tf.int64)]
         self.function = tf.function(lambda data, planned: decode_read(
-            data, Plan(*tf.unstack(planned)), tf.fingerprint(data[None])[0], spec, options),
+            data, planned, tf.fingerprint(data[None])[0], spec, options),
             autograph=False, input_signature=signature)
         self.pool = ThreadPoolExecutor(threads or parallel.usable_cores())
 
