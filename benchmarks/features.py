@@ -99,10 +99,9 @@ def main() -> None:
     default = statistics.median(rates["default"])
     print("\n| setting | images/s (marginal, median) | vs default | runs | parts, largest |\n|---|---|---|---|---|")
     for name, runs in rates.items():
-        sizes = parts.get(name)
         print(f"| {name} | {statistics.median(runs):.1f} | {statistics.median(runs) / default:.2f}x | "
               f"{', '.join(f'{rate:.1f}' for rate in runs)} | "
-              f"{f'{len(sizes)}, {max(sizes) / 2**20:.1f} MiB' if sizes else '-'} |")
+              f"{len(parts[name])}, {max(parts[name]) / 2**20:.1f} MiB |")
     per_photo_us = 1e6 / default
     for name, us in (("content_hash (tf.fingerprint of the bytes)", fingerprint_us(folder, tf)),
                      ("changed-file check, per file already scored", changed_check_us(model, folder))):
