@@ -21,6 +21,7 @@ import socket
 import numpy as np
 import pyarrow as pa
 
+from . import parallel
 from .config import ConfigError, RunConfig
 from .listing import ListedFile
 
@@ -148,7 +149,6 @@ class Actor:
     would leave idle the cores that the plan gives the other streams."""
 
     def __init__(self, config: RunConfig):
-        from . import parallel
         from .model import configure_device
         from .pipeline import BytesDecoder
         from .scorer import Scorer
@@ -161,8 +161,6 @@ class Actor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """Rows for the files of `batch` (up to BATCHES_PER_CALL model batches), in its order."""
-        from . import parallel
-
         locations = batch.get("fs_path", batch["path"])
         items = [ListedFile(str(path), location if isinstance(location, bytes) else str(location).encode())
                  for path, location in zip(batch["path"], locations)]

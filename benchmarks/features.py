@@ -63,8 +63,9 @@ def changed_check_us(model: str, folder: str) -> float:
 
 def fingerprint_us(folder: str, tf) -> float:
     """µs per photo of `tf.fingerprint` over batches of the photos' bytes, as the read stage runs it."""
-    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                   if name.endswith(".jpg"))
+    from batch_infer.listing import list_images
+
+    paths = [item.fs_path for item in list_images(folder, ("jpg",))]
     batches = [tf.constant([open(path, "rb").read() for path in paths[start:start + BATCH]])
                for start in range(0, len(paths), BATCH)]
     tf.fingerprint(batches[0])
