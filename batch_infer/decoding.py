@@ -251,15 +251,19 @@ CHECKS = (
 class Plan(NamedTuple):
     """What a file's header decides before its pixels are decoded: which branch of the graph's
     switch decodes it (NOT_IN_GRAPH when it fails one of CHECKS, or Pillow decodes it), how EXIF
-    says to turn it and the JPEG scale to decode it at (for "turned JPEG"), and its stored size
-    (0 when unknown) for the `width` and `height` columns. Python ints for one file; in the graph
-    a [5] int64 vector per file (`read_batch`), unstacked where it is used (`decode_read`)."""
+    says to turn it and the JPEG scale to decode it at (for "turned JPEG"), its stored size (0
+    when unknown) for the `width` and `height` columns, and the size its pixels decode to, upright
+    (0 when unknown), which tells `decode_batch` whether a batch can be resized as one. Python
+    ints for one file; in the graph a [7] int64 vector per file (`read_batch`), unstacked where
+    it is used."""
 
     branch: int
     orientation: int
     ratio_index: int  # into JPEG_RATIOS
     width: int
     height: int
+    upright_height: int
+    upright_width: int
 
 
 # The switch's branches: the first fails, then one per decoder the graph runs (DECODERS, or the
@@ -273,11 +277,22 @@ def plan(data: bytes, spec: InputSpec, options: DecodeOptions) -> Plan:
     header = headers.read_header(data, options.exif_transpose)
     passes = all(check.passes(header, spec, options) for check in CHECKS)
     if spec.encoded or options.decoder == "keras":
-        return Plan(1 if passes else NOT_IN_GRAPH, header.orientation, 0, header.width, header.height)
-    ratio = jpeg_ratio(header, scale_target(spec, options.resize), options)
-    decoder = next(decoder for decoder in DECODERS if decoder.takes(header, options, ratio))
-    branch = 1 + GRAPH_DECODERS.index(decoder) if passes and decoder.decode is not None else NOT_IN_GRAPH
-    return Plan(branch, header.orientation, JPEG_RATIOS.index(ratio), header.width, header.height)
+        branch, ratio = 1 if passes else NOT_IN_GRAPH, 1
+    else:
+        ratio = jpeg_ratio(header, scale_target(spec, options.resize), options)
+        decoder = next(decoder for decoder in DECODERS if decoder.takes(header, options, ratio))
+        branch = 1 + GRAPH_DECODERS.index(decoder) if passes and decoder.decode is not None else NOT_IN_GRAPH
+    upright = _upright_size(header, ratio) if branch != NOT_IN_GRAPH else (0, 0)
+    return Plan(branch, header.orientation, JPEG_RATIOS.index(ratio), header.width, header.height, *upright)
+
+
+def _upright_size(header: headers.Header, ratio: int) -> tuple[int, int]:
+    """(height, width) of the pixels the graph decodes from a file: libjpeg rounds a scaled size
+    up; EXIF orientations 5 to 8 swap the sides."""
+    height, width = header.height, header.width
+    if header.format == headers.JPEG:
+        height, width = -(-height // ratio), -(-width // ratio)
+    return (width, height) if header.orientation >= 5 else (height, width)
 
 
 def to_channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
@@ -302,18 +317,24 @@ def _keras_pixels(data: tf.Tensor, orientation: tf.Tensor, spec: InputSpec, opti
     return image
 
 
+def graph_decoders(spec: InputSpec, options: DecodeOptions) -> list[Callable[[tf.Tensor, Plan], tf.Tensor]]:
+    """The branches of the graph's switch, by `Plan.branch`: the first fails (NOT_IN_GRAPH),
+    then the decoders the graph runs: DECODERS', or the one of --preset keras."""
+    def not_in_graph(data, planned):
+        return _failing(f"a header check failed, or {LEFT_TO_PILLOW}")
+
+    if options.decoder == "keras":
+        return [not_in_graph, lambda data, planned: _keras_pixels(data, planned.orientation, spec, options)]
+    return [not_in_graph] + [decoder.decode for decoder in GRAPH_DECODERS]
+
+
 def pixels(data: tf.Tensor, planned: Plan, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
     """The file's pixels by the branch its `plan` chose: one switch, so that each file pays for
     its own format's work only, and a file refused by CHECKS fails before any pixel is decoded,
     so a decompression bomb costs a header read. A failed check drops the file like a decode
     error, and `diagnose` names the reason; a file left to Pillow drops out the same way."""
-    not_in_graph = lambda: _failing(f"a header check failed, or {LEFT_TO_PILLOW}")  # noqa: E731
-    if options.decoder == "keras":
-        branches = [not_in_graph, lambda: _keras_pixels(data, planned.orientation, spec, options)]
-    else:
-        branches = [not_in_graph] + [lambda decoder=decoder: decoder.decode(data, planned)
-                                     for decoder in GRAPH_DECODERS]
-    return tf.switch_case(tf.cast(planned.branch, tf.int32), branches)
+    return tf.switch_case(tf.cast(planned.branch, tf.int32),
+                          [lambda decode=decode: decode(data, planned) for decode in graph_decoders(spec, options)])
 
 
 def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
@@ -322,7 +343,7 @@ def decode(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tenso
 
 
 def read_batch(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, tf.Tensor]:
-    """(the `plan` of each file as a [files, 5] int64 tensor, the 64-bit fingerprints) of a batch
+    """(the `plan` of each file as a [files, 7] int64 tensor, the 64-bit fingerprints) of a batch
     of files ([files] strings), in one call for the batch: the headers are read in Python (see
     `headers`), and tf.data pays for that call once per batch rather than once per file. One
     tensor, not one per field: unbatching costs each file a little for every tensor it splits."""
@@ -339,11 +360,51 @@ def decode_read(data: tf.Tensor, planned: tf.Tensor, content_hash: tf.Tensor, sp
     says of itself, where its bytes already are: the stored size from the header (0 when
     unknown; int64, which the columns narrow) and a 64-bit fingerprint of the bytes (FarmHash, as
     tf.fingerprint computes it), for the `width`, `height` and `content_hash` columns."""
+    facts = file_facts(planned, content_hash)
     planned = Plan(*tf.unstack(planned))
-    facts = {"width": planned.width, "height": planned.height, "content_hash": content_hash}
     if spec.encoded:
         return checked(data, planned), facts
     return model_input(pixels(data, planned, spec, options), spec, options.resize), facts
+
+
+def file_facts(planned: tf.Tensor, content_hash: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The `width`, `height` and `content_hash` columns of one file's plan ([7]) or a batch's
+    ([files, 7]), and its fingerprints."""
+    return {"width": planned[..., Plan._fields.index("width")],
+            "height": planned[..., Plan._fields.index("height")], "content_hash": content_hash}
+
+
+def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
+    """The model inputs of a batch of files ([files] strings, their plans [files, 7]), none of
+    them NOT_IN_GRAPH, as one batch. Each file is decoded on its own, in tf.map_fn, which costs a
+    file far less than a tf.data element does. Two things are decided once for the batch: when
+    every file takes the same branch (one format, the usual corpus), each is decoded by that
+    branch's decoder alone, without a switch a file; and when the plans say every file's pixels
+    come out the same size, they are resized as one batch, which gives the values of one at a
+    time for a fraction of the cost. A file that fails to decode fails the batch (see
+    `pipeline`)."""
+    if spec.encoded:
+        return data
+    heights = planned[:, Plan._fields.index("upright_height")]
+    widths = planned[:, Plan._fields.index("upright_width")]
+    one_size = ((tf.reduce_min(heights) == tf.reduce_max(heights)) & (tf.reduce_min(widths) == tf.reduce_max(widths))
+                & (tf.reduce_min(heights) > 0))  # an empty batch has min > max
+
+    def decoded(decode=None):
+        """The batch with every file decoded by `decode`, or by its own branch when None."""
+        def upright(one):
+            file_plan = Plan(*tf.unstack(one[1]))
+            image = to_channels(decode(one[0], file_plan) if decode else pixels(one[0], file_plan, spec, options),
+                                spec.channels)
+            return tf.cond(one_size, lambda: tf.cast(image, tf.float32),
+                           lambda: resized(image, spec.image_size, options.resize))
+
+        images = tf.map_fn(upright, (data, planned),
+                           fn_output_signature=tf.TensorSpec([None, None, spec.channels], tf.float32))
+        return scaled(tf.cond(one_size, lambda: resized(images, spec.image_size, options.resize),
+                              lambda: tf.ensure_shape(images, [None, *spec.image_size, spec.channels])), spec)
+
+    return decoded()
 
 
 def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:
@@ -387,27 +448,26 @@ def _box(height, width, target: tuple[int, int], resize: Resize):
 
 
 def resized(image: tf.Tensor, size: tuple[int, int], resize: Resize = Resize()) -> tf.Tensor:
-    """[height, width, channels] pixels to float32 at `size` by `resize` (see `Resize`); values
-    are not clipped, so bicubic and lanczos3 may overshoot 0..255 as they do in Keras. An image
-    (or box) that already has the size skips the resize and keeps its pixels, which is exactly
-    what any of the filters would give."""
+    """[height, width, channels] pixels, or a batch of images of one size, to float32 at `size`
+    by `resize` (see `Resize`); values are not clipped, so bicubic and lanczos3 may overshoot
+    0..255 as they do in Keras. An image (or box) that already has the size skips the resize and
+    keeps its pixels, which is exactly what any of the filters would give."""
     height, width = size
-    channels = image.shape[-1]
     shape = tf.shape(image)
     if resize.mode == "pad":
         result = tf.cond(
-            tf.reduce_all(shape[:2] == (height, width)), lambda: tf.cast(image, tf.float32),
+            tf.reduce_all(shape[-3:-1] == (height, width)), lambda: tf.cast(image, tf.float32),
             lambda: tf.cast(tf.image.resize_with_pad(image, height, width, method=resize.interpolation,
                                                      antialias=resize.antialias), tf.float32))
     else:
         if resize.mode == "crop" or resize.crop_fraction != 1.0:
-            top, left, box_height, box_width = _box(shape[0], shape[1], size, resize)
-            image = image[top:top + box_height, left:left + box_width]
+            top, left, box_height, box_width = _box(shape[-3], shape[-2], size, resize)
+            image = image[..., top:top + box_height, left:left + box_width, :]
         result = tf.cond(
-            tf.reduce_all(tf.shape(image)[:2] == (height, width)), lambda: tf.cast(image, tf.float32),
+            tf.reduce_all(tf.shape(image)[-3:-1] == (height, width)), lambda: tf.cast(image, tf.float32),
             lambda: tf.cast(tf.image.resize(image, (height, width), method=resize.interpolation,
                                             antialias=resize.antialias), tf.float32))
-    result.set_shape((height, width, channels))
+    result.set_shape(image.shape[:-3].concatenate((height, width, image.shape[-1])))
     return result
 
 

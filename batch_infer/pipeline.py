@@ -13,7 +13,8 @@ from typing import Iterator
 import numpy as np
 
 from . import parallel, storage
-from .decoding import DecodeOptions, Plan, decode_read, decode_with_facts, plan, read_batch
+from .decoding import (NOT_IN_GRAPH, DecodeOptions, Plan, decode_batch, decode_read, decode_with_facts,
+                       file_facts, plan, read_batch)
 from .listing import ListedFile
 from .model import InputSpec
 from .tf_import import tf
@@ -22,17 +23,17 @@ from .tf_import import tf
 def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
             plan: parallel.ThreadPlan | None = None) -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
     """Yields (file indices, batch of model inputs, the files' facts as arrays by name, see
-    `decoding.decode_with_facts`) in file order; failed files leave gaps.
+    `decoding.file_facts`) in file order; failed files leave gaps.
 
     `plan` (by default the CPU plan for this machine) sets the decode threads, and how many
     batches wait ready: one per model stream, and one more.
 
     `files` are those `decoding.unread_reason` lets through (tf.io.read_file reads a whole file
-    into memory, so oversized files must not come here). Local files are read, and their headers
-    parsed, a batch at a time inside tf.data (`decoding.read_batch`), then decoded file by file; a
-    read batch with a file that cannot be read is read again file by file, so that only that file
-    drops out. Files in object storage, which TensorFlow cannot open, are read by Python threads
-    and enter tf.data as bytes. The same decode runs on both.
+    into memory, so oversized files must not come here). Local files are read, their headers
+    parsed and their pixels decoded a batch at a time inside tf.data (`_read_and_decoded`); a
+    batch that fails (a file that cannot be read, or decoded) is done again file by file, so that
+    only that file drops out. Files in object storage, which TensorFlow cannot open, are read by
+    Python threads and enter tf.data as bytes. The same decode runs on both.
     """
     plan = plan or parallel.plan_for("cpu", parallel.usable_cores())
     if files and storage.is_url(files[0].fs_path):
@@ -42,40 +43,38 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
                    .ignore_errors().batch(batch_size))
         yield from _numpy(_threaded(dataset, plan))
         return
-    dataset = _read_then_decoded(files, spec, batch_size, options, plan)
     one_by_one = BytesDecoder(spec, options, plan.decode)
-    done = 0
-    for index_batch, images, facts in _numpy(_threaded(dataset, plan)):
-        # Where a whole read batch is missing before a file, the batch is cut and that read batch
-        # decoded again in between, so that files stay in order.
-        previous = np.concatenate([[done], index_batch[:-1] + 1])
-        cuts = np.flatnonzero(-(-previous // batch_size) * batch_size + batch_size <= index_batch)
-        for start, end in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(index_batch)]])):
-            yield from _unread_batches(files, int(previous[start]), int(index_batch[start]), batch_size, one_by_one)
-            if end > start:
-                yield index_batch[start:end], images[start:end], {name: value[start:end]
-                                                                  for name, value in facts.items()}
-        done = int(index_batch[-1]) + 1
-    yield from _unread_batches(files, done, len(files), batch_size, one_by_one)
+    done = 0  # read batches
+    for number, index_batch, images, facts in _numpy(_threaded(_read_and_decoded(files, spec, batch_size, options, plan), plan)):
+        for missing in range(done, number):
+            yield from _one_by_one(files[missing * batch_size:(missing + 1) * batch_size], missing * batch_size, one_by_one)
+        if len(index_batch):
+            yield index_batch, images, facts
+        done = number + 1
+    for missing in range(done, -(-len(files) // batch_size)):
+        yield from _one_by_one(files[missing * batch_size:(missing + 1) * batch_size], missing * batch_size, one_by_one)
 
 
-def _read_then_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
-                       plan: parallel.ThreadPlan) -> tf.data.Dataset:
+def _read_and_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
+                      plan: parallel.ThreadPlan) -> tf.data.Dataset:
+    """(read batch number, file indices, model inputs, facts) a read batch at a time. Files that
+    fail a check or are left to Pillow leave the batch before decoding (gaps in the indices); a
+    read batch that fails is missing from the numbers."""
     indices = np.arange(len(files), dtype=np.int64)
     paths = np.array([item.fs_path for item in files], dtype=object)
 
-    def read(index, path):
+    def read_and_decoded(number, batch):
+        index, path = batch
         data = tf.map_fn(tf.io.read_file, path, fn_output_signature=tf.string)
-        return (index, data, *read_batch(data, spec, options))
+        planned, content_hash = read_batch(data, spec, options)
+        kept = planned[:, 0] != NOT_IN_GRAPH
+        data, planned, content_hash = (tf.boolean_mask(tensor, kept) for tensor in (data, planned, content_hash))
+        return (number, tf.boolean_mask(index, kept), decode_batch(data, planned, spec, options),
+                file_facts(planned, content_hash))
 
-    # Read a batch at a time (a file that cannot be read drops its whole batch), then decode file
-    # by file: inside tf.map_fn every tf.cond of the decode is a function call, in a map it is not.
-    return (tf.data.Dataset.from_tensor_slices((indices, paths)).batch(batch_size)
-               .map(as_written(read), num_parallel_calls=plan.decode, deterministic=True).ignore_errors().unbatch()
-               .map(as_written(lambda index, data, planned, content_hash: (
-                   index, *decode_read(data, planned, content_hash, spec, options))),
-                    num_parallel_calls=plan.decode, deterministic=True)
-               .ignore_errors().batch(batch_size))
+    return (tf.data.Dataset.from_tensor_slices((indices, paths)).batch(batch_size).enumerate()
+            .map(as_written(read_and_decoded), num_parallel_calls=plan.decode, deterministic=True)
+            .ignore_errors())
 
 
 def as_written(function):
@@ -93,24 +92,20 @@ def _threaded(dataset: tf.data.Dataset, plan: parallel.ThreadPlan) -> tf.data.Da
     return dataset.prefetch(plan.streams + 1).with_options(threading)
 
 
-def _numpy(dataset: tf.data.Dataset) -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
-    for index_batch, images, facts in dataset:
-        yield index_batch.numpy(), images, {name: value.numpy() for name, value in facts.items()}
+def _numpy(dataset: tf.data.Dataset) -> Iterator[tuple]:
+    for *numbers, images, facts in dataset:
+        yield (*(number.numpy() for number in numbers), images, {name: value.numpy() for name, value in facts.items()})
 
 
-def _unread_batches(files: list[ListedFile], start: int, end: int, batch_size: int,
-                    decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
-    """The read batches wholly inside the gap start..end, which a file that could not be read
-    dropped, read and decoded again one file at a time; the files that fail again leave gaps,
-    which `decoding.diagnose` explains. (Smaller gaps are files that failed to decode.)"""
-    for first in range(-(-start // batch_size) * batch_size, end, batch_size):
-        if min(first + batch_size, len(files)) > end:
-            break
-        data = list(decode.pool.map(_read_or_none, files[first:min(end, first + batch_size)]))
-        readable = [i for i, one in enumerate(data) if one is not None]
-        positions, images, facts = decode([data[i] for i in readable])
-        if len(positions):
-            yield first + np.array(readable, np.int64)[positions], images, facts
+def _one_by_one(files: list[ListedFile], first: int, decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
+    """A read batch that failed in tf.data (its files `first` onwards), read and decoded again
+    one file at a time; the files that fail again leave gaps, which `decoding.diagnose`
+    explains."""
+    data = list(decode.pool.map(_read_or_none, files))
+    readable = [i for i, one in enumerate(data) if one is not None]
+    positions, images, facts = decode([data[i] for i in readable])
+    if len(positions):
+        yield first + np.array(readable, np.int64)[positions], images, facts
 
 
 def _read_or_none(item: ListedFile) -> bytes | None:

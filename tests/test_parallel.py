@@ -1,15 +1,19 @@
-"""Model streams: how the cores are shared, and that streams change no score and no order."""
+"""Model streams and decode batches: how the cores are shared, and that neither streams nor
+batches change a score or the order."""
 
 import threading
 import time
 
+import images
 import numpy as np
+import pytest
 
+from batch_infer.decoding import DecodeOptions, Resize, decode, read
 from batch_infer.listing import list_images
-from batch_infer.model import load_model
+from batch_infer.model import InputSpec, load_model
 from batch_infer.parallel import ThreadPlan, in_order, plan_for
-from batch_infer.decoding import DecodeOptions
 from batch_infer.pipeline import batches
+from batch_infer.tf_import import tf
 
 DECODING = DecodeOptions(max_pixels=10**8, max_file_mb=64, exif_transpose=True, scaled_decode=True)
 
@@ -50,3 +54,28 @@ def test_streamed_scores_equal_one_call_at_a_time(model_dir, image_dir):
     assert len(streamed) == len(one_at_a_time)
     for expected, got in zip(one_at_a_time, streamed):
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("resize", [Resize(), Resize("crop", 0.875, "bicubic")])
+def test_batches_decode_as_each_file_alone_would(tmp_path, resize):
+    """Batches of one size (resized as one), of one format and of mixed formats and sizes, a
+    corrupt file (its batch is done again file by file) and a TIFF (left to Pillow): every file
+    that arrives has exactly the model input of decoding it alone; the others leave gaps."""
+    from PIL import Image
+
+    names = []
+    for i in range(12):  # batches of 4: [png x4 of one size], [jpg x4 of one size], [mixed]
+        kind, size = ("png", (40, 30)) if i < 4 else ("jpg", (40, 30)) if i < 8 else (("png", "jpg")[i % 2], (30 + i, 24))
+        names.append(images.write_image(tmp_path / f"{i:02d}.{kind}", images.random_pixels(i, *size)))
+    (tmp_path / "12.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # corrupt
+    Image.fromarray(images.random_pixels(13, 20, 20)).save(tmp_path / "13.png", format="TIFF")
+    names.append(images.write_image(tmp_path / "14.png", images.random_pixels(14, 40, 30)))
+    files = list_images(str(tmp_path), ("jpg", "png"))
+    spec = InputSpec(False, (16, 16), 3, tf.float32, "raw")
+    options = DecodeOptions(10**8, 64, exif_transpose=True, scaled_decode=True, resize=resize)
+    arrived = {}
+    for indices, images_, _ in batches(files, spec, 4, options):
+        arrived.update({int(index): image for index, image in zip(indices, images_.numpy())})
+    assert sorted(arrived) == [i for i in range(15) if i not in (12, 13)]
+    for index, image in arrived.items():
+        np.testing.assert_array_equal(image, decode(read(files[index]), spec, options).numpy())
