@@ -217,6 +217,10 @@ DECODERS = (
     Decoder("8-bit BMP", lambda header, options, ratio: header.palette_bmp, _palette_bmp),
     Decoder("GIF, PNG, BMP or WebP", lambda header, options, ratio: True, _any_format),
 )
+# What small files of one format decode by (JPEGs at full size: their short side is under twice
+# the model's); `decode_batch` gives a batch of them their decoder without a switch a file. A
+# switch costs a file about 15 us, which only small files notice.
+SMALL_FILE_DECODERS = ("JPEG at 1/1", "GIF, PNG, BMP or WebP")
 FORMAT_NAMES = "JPEG, PNG, GIF, BMP, WebP, TIFF, HEIC or AVIF"
 # The `decoder` of an ok row: the graph's decoders, or the fallback.
 TENSORFLOW, PILLOW = "tensorflow", "pillow"
@@ -378,11 +382,10 @@ def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec, options: 
     """The model inputs of a batch of files ([files] strings, their plans [files, 7]), none of
     them NOT_IN_GRAPH, as one batch. Each file is decoded on its own, in tf.map_fn, which costs a
     file far less than a tf.data element does. Two things are decided once for the batch: when
-    every file takes the same branch (one format, the usual corpus), each is decoded by that
-    branch's decoder alone, without a switch a file; and when the plans say every file's pixels
-    come out the same size, they are resized as one batch, which gives the values of one at a
-    time for a fraction of the cost. A file that fails to decode fails the batch (see
-    `pipeline`)."""
+    every file takes the same one of SMALL_FILE_DECODERS, each is decoded by it alone, without a
+    switch a file; and when the plans say every file's pixels come out the same size, they are
+    resized as one batch, which gives the values of one at a time for a fraction of the cost. A
+    file that fails to decode fails the batch (see `pipeline`)."""
     if spec.encoded:
         return data
     heights = planned[:, Plan._fields.index("upright_height")]
@@ -404,7 +407,14 @@ def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec, options: 
         return scaled(tf.cond(one_size, lambda: resized(images, spec.image_size, options.resize),
                               lambda: tf.ensure_shape(images, [None, *spec.image_size, spec.channels])), spec)
 
-    return decoded()
+    # A batch whose files all take one branch that small files take skips the switch a file.
+    decoders = graph_decoders(spec, options)
+    alone = [branch for branch in range(1, len(decoders))
+             if options.decoder == "keras" or GRAPH_DECODERS[branch - 1].name in SMALL_FILE_DECODERS]
+    branches = planned[:, Plan._fields.index("branch")]
+    shared = tf.where(tf.reduce_min(branches) == tf.reduce_max(branches), tf.reduce_min(branches), NOT_IN_GRAPH)
+    choice = tf.reduce_sum(tf.cast(tf.equal(shared, alone), tf.int32) * tf.range(1, len(alone) + 1))  # 0: none
+    return tf.switch_case(choice, [decoded] + [lambda branch=branch: decoded(decoders[branch]) for branch in alone])
 
 
 def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pyarrow as pa
 
@@ -53,12 +54,21 @@ class Listing:
                 pa.array([item.mtime_ns for item in items], LISTED_FIELDS[1].type),
                 *(kept.columns if kept is not None else [])]
 
-    def annotate(self, table: pa.Table, by_path: dict[str, ListedFile]) -> pa.Table:
-        """`table` (path, status, error, ...) with the listing's columns after `error`."""
-        items = [by_path[path] for path in table.column("path").to_pylist()]
-        for offset, (field_, column) in enumerate(zip(self.fields, self.columns(items))):
-            table = table.add_column(3 + offset, field_, column)
-        return table
+    def annotator(self, items: list[ListedFile]) -> Callable[[pa.Table], pa.Table]:
+        """A function that gives a table of rows of `items` (path, status, error, ...) the
+        listing's columns after `error`. The columns are built once for all the items and each
+        table takes its rows from them: built per table of a few dozen rows, they cost as much
+        as decoding the files."""
+        row_of = {item.path: row for row, item in enumerate(items)}
+        columns = self.columns(items)
+
+        def annotate(table: pa.Table) -> pa.Table:
+            rows = pa.array([row_of[path] for path in table.column("path").to_pylist()], pa.int64())
+            for offset, (field_, column) in enumerate(zip(self.fields, columns)):
+                table = table.add_column(3 + offset, field_, column.take(rows))
+            return table
+
+        return annotate
 
 
 def display_path(relative: bytes) -> str:

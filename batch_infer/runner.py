@@ -171,11 +171,11 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
         writer = PartWriter(config.output, f"{shard_tag(config)}-{run_id}", schema, metadata,
                             max_rows=config.commit_every, clock=clock)
         progress = Progress(len(todo), config.quiet, clock=clock)
-        by_path = {item.path: item for item in todo}
+        annotate = listing.annotator(todo)
         ok = errors = 0
         with decoder_lines_logged(config.log_format, config.quiet) as decoder_lines:
             for table in engine.score(todo):
-                writer.add(listing.annotate(table, by_path))
+                writer.add(annotate(table))
                 failed = table.column("status").to_pylist().count("error")
                 ok, errors = ok + table.num_rows - failed, errors + failed
                 progress.update(table.num_rows)
