@@ -274,6 +274,7 @@ class Plan(NamedTuple):
 # one of --preset keras).
 NOT_IN_GRAPH = 0
 GRAPH_DECODERS = tuple(decoder for decoder in DECODERS if decoder.decode is not None)
+_BRANCHES = {decoder.name: 1 + index for index, decoder in enumerate(GRAPH_DECODERS)}  # by name: no dataclass ==
 
 
 def plan(data: bytes, spec: InputSpec, options: DecodeOptions) -> Plan:
@@ -285,7 +286,7 @@ def plan(data: bytes, spec: InputSpec, options: DecodeOptions) -> Plan:
     else:
         ratio = jpeg_ratio(header, scale_target(spec, options.resize), options)
         decoder = next(decoder for decoder in DECODERS if decoder.takes(header, options, ratio))
-        branch = 1 + GRAPH_DECODERS.index(decoder) if passes and decoder.decode is not None else NOT_IN_GRAPH
+        branch = _BRANCHES[decoder.name] if passes and decoder.decode is not None else NOT_IN_GRAPH
     upright = _upright_size(header, ratio) if branch != NOT_IN_GRAPH else (0, 0)
     return Plan(branch, header.orientation, JPEG_RATIOS.index(ratio), header.width, header.height, *upright)
 

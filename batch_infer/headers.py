@@ -35,9 +35,11 @@ HEAD_BYTES = 34
 # after at most a short JFIF APP0 segment.
 EXIF_SEARCH_BYTES = 65 * 1024
 _IFD_ENTRIES = 64  # IFD0 of a camera JPEG has 10 to 20 entries
-# Where a PNG may say how it is turned, as Pillow's Image.getexif reads it: an eXIf chunk, EXIF
-# as hex text ("Raw profile type exif", from ImageMagick), or tiff:Orientation in XMP.
-_PNG_METADATA = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp")
+# Where a PNG may say how it is turned, as Pillow's Image.getexif reads it: an eXIf chunk, or a
+# text chunk of EXIF as hex ("Raw profile type exif", from ImageMagick) or of XMP (its
+# tiff:Orientation), named by the keyword the chunk starts with.
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_PNG_KEYWORDS = (b"Raw profile type exif\0", b"XML:com.adobe.xmp\0")
 # JPEG frame headers (SOF0 to SOF15) carry the size; C4, C8 and CC are other markers.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -55,7 +57,7 @@ class Header(NamedTuple):
     odd_bmp: bool  # a BMP TensorFlow misreads: OS/2, compressed or with colour masks
     # (TensorFlow ignores them: BGRA order is assumed), 1, 4 or 16 bits
     webp_metadata: bool  # an EXIF or XMP chunk, which may say how to turn it upright
-    png_metadata: bool  # a PNG chunk that may say so too (`_PNG_METADATA`), when asked
+    png_metadata: bool  # a PNG chunk that may say so too (`png_may_be_turned`), when asked
     orientation: int  # a JPEG's EXIF orientation, 1 (upright) to 8; 1 when none or not asked
 
 
@@ -109,7 +111,7 @@ def read_header(data: bytes, orientation: bool = True) -> Header:
         turned = exif_orientation(data) if orientation else 1
     elif kind == PNG:  # IHDR, always the first chunk
         width, height = _uint(data, 16, 4, False), _uint(data, 20, 4, False)
-        png_metadata = orientation and any(name in data for name in _PNG_METADATA)
+        png_metadata = orientation and png_may_be_turned(data)
     elif kind == GIF:  # the logical screen
         width, height = _uint(data, 6, 2), _uint(data, 8, 2)
         frames, frame_pixels = _walk_gif_blocks(data)
@@ -135,6 +137,21 @@ def read_header(data: bytes, orientation: bool = True) -> Header:
             width, height = _uint(data, 26, 2) % 2**14, _uint(data, 28, 2) % 2**14
     return Header(kind, width, height, frames, max(_area(width, height), frame_pixels), animated_webp,
                   palette_bmp, odd_bmp, webp_metadata, png_metadata, turned)
+
+
+def png_may_be_turned(data: bytes) -> bool:
+    """Whether a PNG has a chunk that may say how to turn it upright (`_PNG_KEYWORDS`), wherever
+    it is: a walk over the chunk headers, which skips the image data (a search of the whole file
+    for the names cost a small PNG more than the rest of its header read)."""
+    offset = 8
+    while offset + 8 <= len(data):
+        kind = data[offset + 4:offset + 8]
+        if kind == b"eXIf" or kind in _PNG_TEXT_CHUNKS and data.startswith(_PNG_KEYWORDS, offset + 8):
+            return True
+        if kind == b"IEND":
+            break
+        offset += 12 + _uint(data, offset, 4, False)  # length, type, data, CRC
+    return False
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:

@@ -266,3 +266,36 @@ def test_libjpeg_lines_become_counted_log_lines(tmp_path, capfd, echo_model):
     assert summary["warnings"] >= 1
     assert "batch-infer: decoder said: Corrupt JPEG data" in err
     assert not [line for line in err.splitlines() if line.startswith("Corrupt JPEG")]
+
+
+def test_pngs_that_may_say_how_to_turn_them_are_found_by_their_chunks():
+    """What Pillow's getexif reads (an eXIf chunk, EXIF as hex text, XMP), before or after the
+    image data; the same words anywhere else do not count."""
+    import zlib
+
+    from PIL import PngImagePlugin
+
+    from batch_infer.headers import png_may_be_turned
+
+    image = corpus.picture(3, 16, 16)
+
+    def with_text(kind: str, keyword: str, text: str = "x") -> bytes:
+        info = PngImagePlugin.PngInfo()
+        (info.add_itxt if kind == "iTXt" else info.add_text)(keyword, text, zip=kind == "zTXt")
+        return encode(image, "PNG", pnginfo=info)
+
+    def chunk_before_end(data: bytes, kind: bytes, body: bytes) -> bytes:
+        chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return data[:-12] + chunk + data[-12:]
+
+    plain = encode(image, "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert png_may_be_turned(encode(image, "PNG", exif=exif.tobytes()))
+    assert png_may_be_turned(with_text("tEXt", "Raw profile type exif"))
+    assert png_may_be_turned(with_text("zTXt", "Raw profile type exif"))
+    assert png_may_be_turned(with_text("iTXt", "XML:com.adobe.xmp"))
+    assert png_may_be_turned(chunk_before_end(plain, b"eXIf", exif.tobytes()))
+    assert not png_may_be_turned(plain)
+    assert not png_may_be_turned(with_text("tEXt", "Comment", "eXIf Raw profile type exif XML:com.adobe.xmp"))
+    assert not png_may_be_turned(plain[:20])  # cut inside IHDR
