@@ -140,17 +140,13 @@ _FLIPPED = (False, False, True, True, False, False, True, True)
 
 
 def _upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
-    """The image as a viewer shows it, for EXIF orientation 1..8."""
-    def turned():
-        index = orientation - 1
-        result = image
-        for steps, turn in ((_TRANSPOSED, tf.image.transpose), (_MIRRORED, tf.image.flip_left_right),
-                            (_FLIPPED, tf.image.flip_up_down)):
-            result = tf.cond(tf.gather(steps, index), lambda turn=turn, result=result: turn(result),
-                             lambda result=result: result)
-        return result
-
-    return tf.cond(orientation == 1, lambda: image, turned)  # one cheap test for most files
+    """The image as a viewer shows it, for EXIF orientation 1..8: one transpose and one reverse
+    whose axes the orientation picks, rather than a cond a step (each cond is one more function
+    to trace at start-up and to call a file)."""
+    index = orientation - 1
+    image = tf.transpose(image, tf.where(tf.gather(_TRANSPOSED, index), [1, 0, 2], [0, 1, 2]))
+    turns = tf.stack([tf.gather(_MIRRORED, index), tf.gather(_FLIPPED, index)])
+    return tf.reverse(image, tf.boolean_mask([1, 0], turns))  # mirror: the width axis; flip: the height
 
 
 @dataclass(frozen=True)
@@ -304,8 +300,8 @@ def to_channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
     """Gray, gray+alpha, RGB or RGBA as the model's 1 or 3 channels. Alpha is dropped, as
     Pillow's convert("RGB") does; colour becomes gray by the same ITU-R 601 luma for every format
     (gray pixels stay exactly as they are)."""
-    rgb = tf.cond(tf.shape(image)[-1] >= 3, lambda: image[..., :3],
-                  lambda: tf.image.grayscale_to_rgb(image[..., :1]))
+    # One gather, not a cond: RGB(A) keeps channels 0, 1, 2; gray (and gray + alpha) repeats channel 0.
+    rgb = tf.gather(image, tf.where(tf.shape(image)[-1] >= 3, [0, 1, 2], [0, 0, 0]), axis=-1)
     result = tf.image.rgb_to_grayscale(rgb) if wanted == 1 else rgb
     result.set_shape((None, None, wanted))
     return result
