@@ -300,8 +300,10 @@ def to_channels(image: tf.Tensor, wanted: int) -> tf.Tensor:
     """Gray, gray+alpha, RGB or RGBA as the model's 1 or 3 channels. Alpha is dropped, as
     Pillow's convert("RGB") does; colour becomes gray by the same ITU-R 601 luma for every format
     (gray pixels stay exactly as they are)."""
-    # One gather, not a cond: RGB(A) keeps channels 0, 1, 2; gray (and gray + alpha) repeats channel 0.
-    rgb = tf.gather(image, tf.where(tf.shape(image)[-1] >= 3, [0, 1, 2], [0, 0, 0]), axis=-1)
+    # A slice and a tile, not a cond: RGB(A) keeps channels 0 to 2; gray (+ alpha) repeats channel 0.
+    colour = tf.shape(image)[-1] >= 3
+    kept = image[..., :tf.where(colour, 3, 1)]
+    rgb = tf.tile(kept, tf.concat([tf.ones([image.shape.rank - 1], tf.int32), [tf.where(colour, 1, 3)]], 0))
     result = tf.image.rgb_to_grayscale(rgb) if wanted == 1 else rgb
     result.set_shape((None, None, wanted))
     return result
