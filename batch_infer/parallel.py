@@ -8,9 +8,9 @@ inference servers do in their throughput modes. On two cores, two single-thread 
 MobileNetV2 about 1.3x faster than one call on two threads, and decoding fits in between
 without stalling anyone.
 
-Decoding gets a fixed pool of one thread per core, each image on one thread, and no tf.data
-autotuning: under a busy model the autotuner starved the decoder, and at the end of the input it
-sometimes held the iterator for ten seconds.
+Decoding gets a fixed pool of one thread per core, each batch of files on one thread, and no
+tf.data autotuning: under a busy model the autotuner starved the decoder, and at the end of the
+input it sometimes held the iterator for ten seconds.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class ThreadPlan:
     streams: int  # model calls in flight at once
     intra_op: int  # threads that share one model op; 0 lets TensorFlow choose
     inter_op: int  # threads that run ops side by side; 0 lets TensorFlow choose
-    decode: int  # tf.data threads that read and decode files, one image each
+    decode: int  # tf.data threads that read and decode files, one batch each
 
     def describe(self) -> str:
         """As the log and the `threads` metadata say it: "2 model streams of 1 thread, ..."."""

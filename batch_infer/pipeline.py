@@ -45,14 +45,15 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
         return
     one_by_one = BytesDecoder(spec, options, plan.decode)
     done = 0  # read batches
-    for number, index_batch, images, facts in _numpy(_threaded(_read_and_decoded(files, spec, batch_size, options, plan), plan)):
+    dataset = _threaded(_read_and_decoded(files, spec, batch_size, options, plan), plan)
+    for number, index_batch, images, facts in _numpy(dataset):
         for missing in range(done, number):
-            yield from _one_by_one(files[missing * batch_size:(missing + 1) * batch_size], missing * batch_size, one_by_one)
+            yield from _one_by_one(files, missing * batch_size, batch_size, one_by_one)
         if len(index_batch):
             yield index_batch, images, facts
         done = number + 1
     for missing in range(done, -(-len(files) // batch_size)):
-        yield from _one_by_one(files[missing * batch_size:(missing + 1) * batch_size], missing * batch_size, one_by_one)
+        yield from _one_by_one(files, missing * batch_size, batch_size, one_by_one)
 
 
 def _read_and_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
@@ -67,7 +68,7 @@ def _read_and_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int,
         index, path = batch
         data = tf.map_fn(tf.io.read_file, path, fn_output_signature=tf.string)
         planned, content_hash = read_batch(data, spec, options)
-        kept = planned[:, 0] != NOT_IN_GRAPH
+        kept = planned[:, Plan._fields.index("branch")] != NOT_IN_GRAPH
         data, planned, content_hash = (tf.boolean_mask(tensor, kept) for tensor in (data, planned, content_hash))
         return (number, tf.boolean_mask(index, kept), decode_batch(data, planned, spec, options),
                 file_facts(planned, content_hash))
@@ -97,11 +98,11 @@ def _numpy(dataset: tf.data.Dataset) -> Iterator[tuple]:
         yield (*(number.numpy() for number in numbers), images, {name: value.numpy() for name, value in facts.items()})
 
 
-def _one_by_one(files: list[ListedFile], first: int, decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
-    """A read batch that failed in tf.data (its files `first` onwards), read and decoded again
-    one file at a time; the files that fail again leave gaps, which `decoding.diagnose`
-    explains."""
-    data = list(decode.pool.map(_read_or_none, files))
+def _one_by_one(files: list[ListedFile], first: int, batch_size: int,
+                decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
+    """The read batch from file `first` on, which failed in tf.data, read and decoded again one
+    file at a time; the files that fail again leave gaps, which `decoding.diagnose` explains."""
+    data = list(decode.pool.map(_read_or_none, files[first:first + batch_size]))
     readable = [i for i, one in enumerate(data) if one is not None]
     positions, images, facts = decode([data[i] for i in readable])
     if len(positions):
