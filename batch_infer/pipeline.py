@@ -66,16 +66,23 @@ def _read_and_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int,
 
     def read_and_decoded(number, batch):
         index, path = batch
-        data = tf.map_fn(tf.io.read_file, path, fn_output_signature=tf.string)
-        planned, content_hash = read_batch(data, spec, options)
-        kept = planned[:, Plan._fields.index("branch")] != NOT_IN_GRAPH
-        data, planned, content_hash = (tf.boolean_mask(tensor, kept) for tensor in (data, planned, content_hash))
-        return (number, tf.boolean_mask(index, kept), decode_batch(data, planned, spec, options),
-                file_facts(planned, content_hash))
+        positions, images, facts = decoded_batch(tf.map_fn(tf.io.read_file, path, fn_output_signature=tf.string),
+                                                 spec, options)
+        return number, tf.gather(index, positions), images, facts
 
     return (tf.data.Dataset.from_tensor_slices((indices, paths)).batch(batch_size).enumerate()
             .map(as_written(read_and_decoded), num_parallel_calls=plan.decode, deterministic=True)
             .ignore_errors())
+
+
+def decoded_batch(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, tf.Tensor, dict]:
+    """(positions of the files the graph decodes, their model inputs, their facts) of a batch of
+    file contents: files that fail a check or are left to Pillow leave it before decoding."""
+    planned, content_hash = read_batch(data, spec, options)
+    kept = planned[:, Plan._fields.index("branch")] != NOT_IN_GRAPH
+    planned, content_hash = tf.boolean_mask(planned, kept), tf.boolean_mask(content_hash, kept)
+    return (tf.where(kept)[:, 0], decode_batch(tf.boolean_mask(data, kept), planned, spec, options),
+            file_facts(planned, content_hash))
 
 
 def as_written(function):
@@ -133,7 +140,9 @@ def _fetched(files: list[ListedFile]) -> tf.data.Dataset:
 class BytesDecoder:
     """`decode` for files that arrive as bytes a batch at a time (Ray hands them over), traced
     once: a tf.data pipeline per batch would trace `decode` again for every batch, which costs
-    more than decoding it. Files decode on a pool of threads, as TensorFlow releases the GIL."""
+    more than decoding it. `batch` decodes them as the local pipeline does a read batch; called,
+    it decodes file by file on a pool of threads (TensorFlow releases the GIL), so that a file
+    that fails drops out alone."""
 
     def __init__(self, spec: InputSpec, options: DecodeOptions, threads: int | None = None):
         self.spec, self.options = spec, options
@@ -142,7 +151,17 @@ class BytesDecoder:
         self.function = tf.function(lambda data, planned: decode_read(
             data, planned, tf.fingerprint(data[None])[0], spec, options),
             autograph=False, input_signature=signature)
+        self.batch_function = tf.function(as_written(lambda data: decoded_batch(data, spec, options)),
+                                          autograph=False, input_signature=[tf.TensorSpec([None], tf.string)])
         self.pool = ThreadPoolExecutor(threads or parallel.usable_cores())
+
+    def batch(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
+        """As a call, in one call of the batch decode; file by file when a file fails it."""
+        try:
+            positions, images, facts = self.batch_function(tf.constant(files, tf.string))
+        except tf.errors.OpError:
+            return self(files)
+        return positions.numpy(), images, {name: value.numpy() for name, value in facts.items()}
 
     def __call__(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
         """(positions that decoded, their model inputs as one batch, their facts by name);

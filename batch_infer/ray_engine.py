@@ -177,7 +177,7 @@ class Actor:
         """One model batch: its files read here unless their bytes came with them."""
         data = contents if contents is not None else list(self.decode.pool.map(_read_or_none, items))
         readable = [i for i, one in enumerate(data) if one is not None]
-        decoded, images, facts = self.decode([data[i] for i in readable])
+        decoded, images, facts = self.decode.batch([data[i] for i in readable])
         return self.scorer.rows(items, [readable[j] for j in decoded], images, data, facts)
 
 
