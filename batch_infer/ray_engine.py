@@ -3,7 +3,7 @@
 The driver hands the actors the listed files' paths; each actor, holding the model once, reads
 the files itself (a file that cannot be read is an error row, where Ray's `read_binary_files`
 would fail the whole job, and `read_images` stop at the first bad file or silently drop whole
-blocks), decodes them with the local engine's `decoding.decode` and calls the signature through
+blocks), decodes them with the local engine's batch decode and calls the signature through
 the same `Scorer` as the local engine, so a bad file gives the same error row on either engine.
 Files in object storage are read with the same client libraries, and credentials, as the
 listing: on a cluster the workers need them too. The rows come back to the driver and go through the same
