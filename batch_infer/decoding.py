@@ -420,7 +420,10 @@ def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec, options: 
     branches = planned[:, Plan._fields.index("branch")]
     shared = tf.where(tf.reduce_min(branches) == tf.reduce_max(branches), tf.reduce_min(branches), NOT_IN_GRAPH)
     choice = tf.reduce_sum(tf.cast(tf.equal(shared, alone), tf.int32) * tf.range(1, len(alone) + 1))  # 0: none
-    return tf.switch_case(choice, [decoded] + [lambda branch=branch: decoded(decoders[branch]) for branch in alone])
+    return tf.cond(  # tf.map_fn cannot stack no files of an unknown size
+        tf.size(data) > 0,
+        lambda: tf.switch_case(choice, [decoded] + [lambda branch=branch: decoded(decoders[branch]) for branch in alone]),
+        lambda: tf.zeros([0, *spec.image_size, spec.channels], spec.dtype))
 
 
 def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:

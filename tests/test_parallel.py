@@ -1,6 +1,7 @@
 """Model streams and decode batches: how the cores are shared, and that neither streams nor
 batches change a score or the order."""
 
+import io
 import threading
 import time
 
@@ -79,3 +80,18 @@ def test_batches_decode_as_each_file_alone_would(tmp_path, resize):
     assert sorted(arrived) == [i for i in range(15) if i not in (12, 13)]
     for index, image in arrived.items():
         np.testing.assert_array_equal(image, decode(read(files[index]), spec, options).numpy())
+
+
+def test_a_batch_with_no_file_for_the_graph_decodes_to_nothing_without_failing():
+    """A batch of files left to Pillow (or that fail a check) is empty after its headers are
+    read; it must not fail, which would send it down the slow way, file by file."""
+    from PIL import Image
+
+    from batch_infer.pipeline import BytesDecoder
+
+    tiff = io.BytesIO()
+    Image.fromarray(images.random_pixels(1, 20, 20)).save(tiff, format="TIFF")
+    decoder = BytesDecoder(InputSpec(False, (16, 16), 3, tf.float32, "raw"),
+                           DecodeOptions(10**8, 64, exif_transpose=True, scaled_decode=True))
+    positions, inputs, _ = decoder.batch_function(tf.constant([tiff.getvalue(), b"not an image"]))
+    assert positions.numpy().tolist() == [] and inputs.shape == (0, 16, 16, 3)
