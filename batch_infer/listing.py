@@ -56,9 +56,8 @@ class Listing:
 
     def annotator(self, items: list[ListedFile]) -> Callable[[pa.Table], pa.Table]:
         """A function that gives a table of rows of `items` (path, status, error, ...) the
-        listing's columns after `error`. The columns are built once for all the items and each
-        table takes its rows from them: built per table of a few dozen rows, they cost as much
-        as decoding the files."""
+        listing's columns after `error`. The columns are built once for all the items, and each
+        table takes its rows from them, rather than converting Python lists for every table."""
         row_of = {item.path: row for row, item in enumerate(items)}
         columns = self.columns(items)
 
