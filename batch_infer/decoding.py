@@ -534,6 +534,19 @@ def read(item: ListedFile) -> tf.Tensor:
     return tf.io.read_file(item.fs_path)
 
 
+def read_or_none(item: ListedFile) -> bytes | None:
+    """A file's bytes, read in Python (a TensorFlow op called from Python costs a small file more
+    than reading it), from disk or object storage; None when it cannot be read, which
+    `diagnose` then explains."""
+    try:
+        if storage.is_url(item.fs_path):
+            return storage.read_bytes(item.fs_path.decode())
+        with open(item.fs_path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
 def rescue(item: ListedFile, data: bytes | None, spec: InputSpec,
            options: DecodeOptions) -> tuple[np.ndarray | None, str | None]:
     """For a file that dropped out of the graph: (its upright pixels from Pillow, None), or

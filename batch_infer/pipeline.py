@@ -7,14 +7,15 @@ stops the stream and never shifts another file's prediction onto it.
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
 
 from . import parallel, storage
-from .decoding import (NOT_IN_GRAPH, DecodeOptions, Plan, decode_batch, decode_read, decode_with_facts,
-                       file_facts, plan, read_batch)
+from .decoding import (NOT_IN_GRAPH, DecodeOptions, Plan, decode_batch, decode_with_facts, file_facts,
+                       read_batch, read_or_none)
 from .listing import ListedFile
 from .model import InputSpec
 from .tf_import import tf
@@ -31,8 +32,8 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
     `files` are those `decoding.unread_reason` lets through (tf.io.read_file reads a whole file
     into memory, so oversized files must not come here). Local files are read, their headers
     parsed and their pixels decoded a batch at a time inside tf.data (`_read_and_decoded`); a
-    batch that fails (a file that cannot be read, or decoded) is done again file by file, so that
-    only that file drops out. Files in object storage, which TensorFlow cannot open, are read by
+    batch that fails (a file that cannot be read, or decoded) is done again in smaller parts, so
+    that only that file drops out. Files in object storage, which TensorFlow cannot open, are read by
     Python threads and enter tf.data as bytes. The same decode runs on both.
     """
     plan = plan or parallel.plan_for("cpu", parallel.usable_cores())
@@ -43,17 +44,17 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
                    .ignore_errors().batch(batch_size))
         yield from _numpy(_threaded(dataset, plan))
         return
-    one_by_one = BytesDecoder(spec, options, plan.decode)
+    again = BytesDecoder(spec, options, plan.decode)
     done = 0  # read batches
     dataset = _threaded(_read_and_decoded(files, spec, batch_size, options, plan), plan)
     for number, index_batch, images, facts in _numpy(dataset):
         for missing in range(done, number):
-            yield from _one_by_one(files, missing * batch_size, batch_size, one_by_one)
+            yield from _again(files, missing * batch_size, batch_size, again)
         if len(index_batch):
             yield index_batch, images, facts
         done = number + 1
     for missing in range(done, -(-len(files) // batch_size)):
-        yield from _one_by_one(files, missing * batch_size, batch_size, one_by_one)
+        yield from _again(files, missing * batch_size, batch_size, again)
 
 
 def _read_and_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
@@ -105,22 +106,16 @@ def _numpy(dataset: tf.data.Dataset) -> Iterator[tuple]:
         yield (*(number.numpy() for number in numbers), images, {name: value.numpy() for name, value in facts.items()})
 
 
-def _one_by_one(files: list[ListedFile], first: int, batch_size: int,
+def _again(files: list[ListedFile], first: int, batch_size: int,
                 decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
-    """The read batch from file `first` on, which failed in tf.data, read and decoded again one
-    file at a time; the files that fail again leave gaps, which `decoding.diagnose` explains."""
-    data = list(decode.pool.map(_read_or_none, files[first:first + batch_size]))
+    """The read batch from file `first` on, which failed in tf.data, read and decoded again in
+    smaller batches (`BytesDecoder.__call__`); the files that fail again leave gaps, which
+    `decoding.diagnose` explains."""
+    data = list(decode.pool.map(read_or_none, files[first:first + batch_size]))
     readable = [i for i, one in enumerate(data) if one is not None]
     positions, images, facts = decode([data[i] for i in readable])
     if len(positions):
         yield first + np.array(readable, np.int64)[positions], images, facts
-
-
-def _read_or_none(item: ListedFile) -> bytes | None:
-    try:
-        return tf.io.read_file(item.fs_path).numpy()
-    except tf.errors.OpError:
-        return None
 
 
 def _fetched(files: list[ListedFile]) -> tf.data.Dataset:
@@ -138,44 +133,48 @@ def _fetched(files: list[ListedFile]) -> tf.data.Dataset:
 
 
 class BytesDecoder:
-    """`decode` for files that arrive as bytes a batch at a time (Ray hands them over), traced
-    once: a tf.data pipeline per batch would trace `decode` again for every batch, which costs
-    more than decoding it. `batch` decodes them as the local pipeline does a read batch; called,
-    it decodes file by file on a pool of threads (TensorFlow releases the GIL), so that a file
-    that fails drops out alone."""
+    """`decoded_batch` for files that arrive as bytes a batch at a time (Ray hands them over, and
+    a read batch that failed in tf.data comes back here), traced once: a tf.data pipeline per
+    batch would trace the decode again for every batch, which costs more than decoding it."""
 
     def __init__(self, spec: InputSpec, options: DecodeOptions, threads: int | None = None):
-        self.spec, self.options = spec, options
-        # Each file's header is read here, in Python (`decoding.plan`); only its decode is traced.
-        signature = [tf.TensorSpec([], tf.string), tf.TensorSpec([len(Plan._fields)], tf.int64)]
-        self.function = tf.function(lambda data, planned: decode_read(
-            data, planned, tf.fingerprint(data[None])[0], spec, options),
-            autograph=False, input_signature=signature)
         self.batch_function = tf.function(as_written(lambda data: decoded_batch(data, spec, options)),
                                           autograph=False, input_signature=[tf.TensorSpec([None], tf.string)])
-        self.pool = ThreadPoolExecutor(threads or parallel.usable_cores())
+        self.pool = ThreadPoolExecutor(threads or parallel.usable_cores())  # for reads, and parts
 
     def batch(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
-        """As a call, in one call of the batch decode; file by file when a file fails it."""
+        """(positions that decoded, their model inputs as one batch, their facts by name), in
+        one call; as a call (in parts) when a file fails it."""
+        decoded = self._tried(files)
+        return decoded if decoded[1] is not None else self(files)
+
+    def __call__(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
+        """As `batch`, for files of which one or more fail to decode: in parts of about the
+        square root of their number, side by side on the pool, and a part that fails file by
+        file, so that a failed file drops out alone (a gap in the positions, as in `batches`;
+        `diagnose_data` says why). Each call costs about as much as decoding several small
+        files, so for 32 files with one bad, 6 parts and then 6 files take 12 calls where one
+        at a time takes 32."""
+        size = max(1, math.isqrt(len(files)))
+        parts = [list(range(start, min(start + size, len(files)))) for start in range(0, len(files), size)]
+        def tried(parts: list[list[int]]) -> list[tuple[list[int], tuple]]:
+            return list(zip(parts, self.pool.map(lambda part: self._tried([files[i] for i in part]), parts)))
+
+        done = tried(parts)
+        done += tried([[i] for part, (_, images, _) in done if images is None and len(part) > 1 for i in part])
+        decoded = [(np.array(part, np.int64)[positions], images, facts)
+                   for part, (positions, images, facts) in sorted(done, key=lambda one: one[0])
+                   if images is not None and len(positions)]
+        if not decoded:
+            return np.array([], np.int64), None, {}
+        positions, images, facts = zip(*decoded)
+        return (np.concatenate(positions), tf.concat(images, 0),
+                {name: np.concatenate([one[name] for one in facts]) for name in facts[0]})
+
+    def _tried(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
+        """`batch` of these files, or (no positions, None, {}) when one of them fails."""
         try:
             positions, images, facts = self.batch_function(tf.constant(files, tf.string))
         except tf.errors.OpError:
-            return self(files)
+            return np.array([], np.int64), None, {}
         return positions.numpy(), images, {name: value.numpy() for name, value in facts.items()}
-
-    def __call__(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
-        """(positions that decoded, their model inputs as one batch, their facts by name);
-        failed files leave gaps, as in `batches`, and `diagnose_data` says why."""
-        decoded = list(self.pool.map(self._one, files))
-        positions = np.array([i for i, one in enumerate(decoded) if one is not None], np.int64)
-        if not len(positions):
-            return positions, None, {}
-        images, facts = zip(*(decoded[i] for i in positions))
-        return positions, tf.stack(images), {name: np.stack([one[name].numpy() for one in facts])
-                                             for name in facts[0]}
-
-    def _one(self, data: bytes) -> tuple[tf.Tensor, dict] | None:
-        try:
-            return self.function(data, np.array(plan(data, self.spec, self.options), np.int64))
-        except tf.errors.OpError:
-            return None

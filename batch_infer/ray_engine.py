@@ -175,18 +175,10 @@ class Actor:
 
     def _rows(self, items: list[ListedFile], contents: list[bytes] | None) -> pa.Table:
         """One model batch: its files read here unless their bytes came with them."""
-        data = contents if contents is not None else list(self.decode.pool.map(_read_or_none, items))
+        from .decoding import read_or_none
+
+        data = contents if contents is not None else list(self.decode.pool.map(read_or_none, items))
         readable = [i for i, one in enumerate(data) if one is not None]
         decoded, images, facts = self.decode.batch([data[i] for i in readable])
         return self.scorer.rows(items, [readable[j] for j in decoded], images, data, facts)
 
-
-def _read_or_none(item: ListedFile) -> bytes | None:
-    """The file's bytes; None when it cannot be read, which `Scorer.rows` then diagnoses."""
-    from .decoding import read
-    from .tf_import import tf
-
-    try:
-        return read(item).numpy()
-    except (tf.errors.OpError, OSError):
-        return None

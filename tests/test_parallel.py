@@ -95,3 +95,24 @@ def test_a_batch_with_no_file_for_the_graph_decodes_to_nothing_without_failing()
                            DecodeOptions(10**8, 64, exif_transpose=True, scaled_decode=True))
     positions, inputs, _ = decoder.batch_function(tf.constant([tiff.getvalue(), b"not an image"]))
     assert positions.numpy().tolist() == [] and inputs.shape == (0, 16, 16, 3)
+
+
+def test_a_batch_with_files_that_fail_to_decode_loses_only_those_files():
+    """Files whose header passes but whose data is broken fail the whole batch; it is done again
+    in parts, and a part that fails file by file. Three broken files, two of them in one part,
+    leave three gaps; every other file has exactly its model input of being decoded alone."""
+    from batch_infer.pipeline import BytesDecoder
+
+    spec = InputSpec(False, (16, 16), 3, tf.float32, "raw")
+    good = [tf.io.encode_png(images.random_pixels(i, 24, 20)).numpy() if i % 2
+            else tf.io.encode_jpeg(images.random_pixels(i, 20, 24)).numpy() for i in range(14)]
+    broken = {0, 5, 6}  # 14 files: parts of 3, so 5 and 6 are in two parts, 0 in a third
+    files = [data[:len(data) // 2] if i in broken else data for i, data in enumerate(good)]
+    decoder = BytesDecoder(spec, DECODING)
+    with pytest.raises(tf.errors.OpError):
+        decoder.batch_function(tf.constant(files))
+    positions, inputs, facts = decoder.batch(files)
+    assert positions.tolist() == [i for i in range(14) if i not in broken]
+    for position, image, content_hash in zip(positions, inputs.numpy(), facts["content_hash"]):
+        np.testing.assert_array_equal(image, decode(tf.constant(files[position]), spec, DECODING).numpy())
+        np.testing.assert_array_equal(content_hash, tf.fingerprint(tf.constant([files[position]]))[0].numpy())
