@@ -14,8 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from . import parallel, storage
-from .decoding import (NOT_IN_GRAPH, DecodeOptions, Plan, decode_batch, decode_with_facts, file_facts,
-                       read_batch, read_or_none)
+from .decoding import NOT_IN_GRAPH, DecodeOptions, Plan, decode_batch, file_facts, read_batch, read_or_none
 from .listing import ListedFile
 from .model import InputSpec
 from .tf_import import tf
@@ -30,20 +29,12 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
     batches wait ready: one per model stream, and one more.
 
     `files` are those `decoding.unread_reason` lets through (tf.io.read_file reads a whole file
-    into memory, so oversized files must not come here). Local files are read, their headers
-    parsed and their pixels decoded a batch at a time inside tf.data (`_read_and_decoded`); a
-    batch that fails (a file that cannot be read, or decoded) is done again in smaller parts, so
-    that only that file drops out. Files in object storage, which TensorFlow cannot open, are read by
-    Python threads and enter tf.data as bytes. The same decode runs on both.
+    into memory, so oversized files must not come here). Files are read, their headers parsed
+    and their pixels decoded a batch at a time inside tf.data (`_read_and_decoded`); a batch that
+    fails (a file that cannot be read, or decoded) is done again in smaller parts, so that only
+    that file drops out.
     """
     plan = plan or parallel.plan_for("cpu", parallel.usable_cores())
-    if files and storage.is_url(files[0].fs_path):
-        dataset = (_fetched(files)
-                   .map(as_written(lambda index, data: (index, *decode_with_facts(data, spec, options))),
-                        num_parallel_calls=plan.decode, deterministic=True)
-                   .ignore_errors().batch(batch_size))
-        yield from _numpy(_threaded(dataset, plan))
-        return
     again = BytesDecoder(spec, options, plan.decode)
     done = 0  # read batches
     dataset = _threaded(_read_and_decoded(files, spec, batch_size, options, plan), plan)
@@ -61,18 +52,24 @@ def _read_and_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int,
                       plan: parallel.ThreadPlan) -> tf.data.Dataset:
     """(read batch number, file indices, model inputs, facts) a read batch at a time. Files that
     fail a check or are left to Pillow leave the batch before decoding (gaps in the indices); a
-    read batch that fails is missing from the numbers."""
-    indices = np.arange(len(files), dtype=np.int64)
-    paths = np.array([item.fs_path for item in files], dtype=object)
+    read batch that fails is missing from the numbers. Local files are read by tf.io.read_file;
+    files in object storage, which TensorFlow cannot open, by Python threads (`_fetched`), and
+    they enter tf.data as bytes."""
+    if files and storage.is_url(files[0].fs_path):
+        source, read = _fetched(files).batch(batch_size), tf.identity
+    else:
+        paths = np.array([item.fs_path for item in files], dtype=object)
+        source = tf.data.Dataset.from_tensor_slices((np.arange(len(files), dtype=np.int64), paths)).batch(batch_size)
+
+        def read(path):
+            return tf.map_fn(tf.io.read_file, path, fn_output_signature=tf.string)
 
     def read_and_decoded(number, batch):
-        index, path = batch
-        positions, images, facts = decoded_batch(tf.map_fn(tf.io.read_file, path, fn_output_signature=tf.string),
-                                                 spec, options)
+        index, where = batch
+        positions, images, facts = decoded_batch(read(where), spec, options)
         return number, tf.gather(index, positions), images, facts
 
-    return (tf.data.Dataset.from_tensor_slices((indices, paths)).batch(batch_size).enumerate()
-            .map(as_written(read_and_decoded), num_parallel_calls=plan.decode, deterministic=True)
+    return (source.enumerate().map(as_written(read_and_decoded), num_parallel_calls=plan.decode, deterministic=True)
             .ignore_errors())
 
 
@@ -119,14 +116,14 @@ def _again(files: list[ListedFile], first: int, batch_size: int,
 
 
 def _fetched(files: list[ListedFile]) -> tf.data.Dataset:
-    """(index, bytes) of files in object storage, read ahead by a pool of threads; a file that
-    could not be read is left out, a gap that `diagnose` explains."""
+    """(index, bytes) of every file in object storage, read ahead by a pool of threads. A file
+    that could not be read comes as no bytes, which fails the header checks: a gap that
+    `diagnose` explains, reading it again."""
     urls = [item.fs_path.decode() for item in files]
 
     def generate():
         for position, data in storage.read_ahead(urls):
-            if data is not None:
-                yield position, data
+            yield position, data if data is not None else b""
 
     return tf.data.Dataset.from_generator(
         generate, output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string)))

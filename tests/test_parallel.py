@@ -116,3 +116,31 @@ def test_a_batch_with_files_that_fail_to_decode_loses_only_those_files():
     for position, image, content_hash in zip(positions, inputs.numpy(), facts["content_hash"]):
         np.testing.assert_array_equal(image, decode(tf.constant(files[position]), spec, DECODING).numpy())
         np.testing.assert_array_equal(content_hash, tf.fingerprint(tf.constant([files[position]]))[0].numpy())
+
+
+def test_files_in_object_storage_decode_in_batches_as_local_files_do(tmp_path):
+    """file:// URLs take the object-store path (read by Python threads, fed to tf.data as bytes):
+    the same batches, model inputs and facts as the same files read locally, and a file that
+    cannot be read, like one that does not decode, leaves a gap of its own."""
+    from batch_infer.listing import ListedFile
+
+    for i in range(9):
+        images.write_image(tmp_path / f"{i:02d}.{('png', 'jpg')[i % 2]}", images.random_pixels(i, 30, 20 + i))
+    (tmp_path / "07.jpg").write_bytes((tmp_path / "03.jpg").read_bytes()[:300])  # truncated: fails its batch
+    spec = InputSpec(False, (16, 16), 3, tf.float32, "raw")
+    local = list_images(str(tmp_path), ("jpg", "png"))
+    remote = [ListedFile(item.path, b"file://" + item.fs_path) for item in local]
+    remote[1] = ListedFile(remote[1].path, b"file://" + bytes(tmp_path / "missing.jpg"))
+
+    def decoded(files):
+        return [(int(i), image, content_hash) for indices, batch, facts in batches(files, spec, 4, DECODING)
+                for i, image, content_hash in zip(indices, batch.numpy(), facts["content_hash"])]
+
+    expected = {i: rest for i, *rest in decoded(local)}
+    arrived = decoded(remote)
+    got = {i: rest for i, *rest in arrived}
+    assert sorted(expected) == [i for i in range(9) if i != 7]
+    assert [i for i, *_ in arrived] == [i for i in range(9) if i not in (1, 7)]  # in order, once each
+    for i in got:
+        np.testing.assert_array_equal(got[i][0], expected[i][0])
+        np.testing.assert_array_equal(got[i][1], expected[i][1])
