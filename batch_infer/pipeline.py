@@ -104,7 +104,7 @@ def _numpy(dataset: tf.data.Dataset) -> Iterator[tuple]:
 
 
 def _again(files: list[ListedFile], first: int, batch_size: int,
-                decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
+           decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
     """The read batch from file `first` on, which failed in tf.data, read and decoded again in
     smaller batches (`BytesDecoder.__call__`); the files that fail again leave gaps, which
     `decoding.diagnose` explains."""
@@ -154,8 +154,9 @@ class BytesDecoder:
         at a time takes 32."""
         size = max(1, math.isqrt(len(files)))
         parts = [list(range(start, min(start + size, len(files)))) for start in range(0, len(files), size)]
-        def tried(parts: list[list[int]]) -> list[tuple[list[int], tuple]]:
-            return list(zip(parts, self.pool.map(lambda part: self._tried([files[i] for i in part]), parts)))
+
+        def tried(groups: list[list[int]]) -> list[tuple[list[int], tuple]]:
+            return list(zip(groups, self.pool.map(lambda group: self._tried([files[i] for i in group]), groups)))
 
         done = tried(parts)
         done += tried([[i] for part, (_, images, _) in done if images is None and len(part) > 1 for i in part])
