@@ -108,11 +108,9 @@ def _again(files: list[ListedFile], first: int, batch_size: int,
     """The read batch from file `first` on, which failed in tf.data, read and decoded again in
     smaller batches (`BytesDecoder.__call__`); the files that fail again leave gaps, which
     `decoding.diagnose` explains."""
-    data = list(decode.pool.map(read_or_none, files[first:first + batch_size]))
-    readable = [i for i, one in enumerate(data) if one is not None]
-    positions, images, facts = decode([data[i] for i in readable])
+    positions, images, facts = decode.readable(decode.read(files[first:first + batch_size]), failed=True)
     if len(positions):
-        yield first + np.array(readable, np.int64)[positions], images, facts
+        yield first + positions, images, facts
 
 
 def _fetched(files: list[ListedFile]) -> tf.data.Dataset:
@@ -138,6 +136,18 @@ class BytesDecoder:
         self.batch_function = tf.function(as_written(lambda data: decoded_batch(data, spec, options)),
                                           autograph=False, input_signature=[tf.TensorSpec([None], tf.string)])
         self.pool = ThreadPoolExecutor(threads or parallel.usable_cores())  # for reads, and parts
+
+    def read(self, files: list[ListedFile]) -> list[bytes | None]:
+        """The files' contents, read side by side on the pool; None for one that cannot be read."""
+        return list(self.pool.map(read_or_none, files))
+
+    def readable(self, data: list[bytes | None], failed: bool = False
+                 ) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
+        """`batch` of the files of `data` that could be read (None: not), positions among all of
+        `data`; with `failed`, for files that already failed as one batch, straight in parts."""
+        readable = np.array([i for i, one in enumerate(data) if one is not None], np.int64)
+        positions, images, facts = (self if failed else self.batch)([data[i] for i in readable])
+        return readable[positions], images, facts
 
     def batch(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
         """(positions that decoded, their model inputs as one batch, their facts by name), in

@@ -175,10 +175,7 @@ class Actor:
 
     def _rows(self, items: list[ListedFile], contents: list[bytes] | None) -> pa.Table:
         """One model batch: its files read here unless their bytes came with them."""
-        from .decoding import read_or_none
-
-        data = contents if contents is not None else list(self.decode.pool.map(read_or_none, items))
-        readable = [i for i, one in enumerate(data) if one is not None]
-        decoded, images, facts = self.decode.batch([data[i] for i in readable])
-        return self.scorer.rows(items, [readable[j] for j in decoded], images, data, facts)
+        data = contents if contents is not None else self.decode.read(items)
+        positions, images, facts = self.decode.readable(data)
+        return self.scorer.rows(items, positions, images, data, facts)
 
