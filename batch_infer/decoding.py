@@ -378,9 +378,9 @@ def file_facts(planned: tf.Tensor, content_hash: tf.Tensor) -> dict[str, tf.Tens
 
 
 # The most pixels a batch resized as one may hold: its pixels wait, as float32, until the last file
-# is decoded (12 MiB for RGB), where one at a time holds one image. Small files are what it is for:
+# is decoded (48 MiB for RGB), where one at a time holds one image. Small files are what it is for:
 # a resize call costs a file tens of microseconds, which only a small file's decode notices.
-ONE_RESIZE_PIXELS = 2**20
+ONE_RESIZE_PIXELS = 2**22
 
 
 def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:

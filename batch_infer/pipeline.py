@@ -21,7 +21,8 @@ from .tf_import import tf
 
 
 def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
-            plan: parallel.ThreadPlan | None = None) -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
+            plan: parallel.ThreadPlan | None = None,
+            read_batches: int | None = None) -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
     """Yields (file indices, batch of model inputs, the files' facts as arrays by name, see
     `decoding.file_facts`) in file order; failed files leave gaps.
 
@@ -30,25 +31,51 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
 
     `files` are those `decoding.unread_reason` lets through (tf.io.read_file reads a whole file
     into memory, so oversized files must not come here). Files are read, their headers parsed
-    and their pixels decoded a batch at a time inside tf.data (`_read_and_decoded`); a batch that
-    fails (a file that cannot be read, or decoded) is done again in smaller parts, so that only
-    that file drops out.
+    and their pixels decoded a read batch at a time inside tf.data (`_read_and_decoded`), of
+    `read_batches` model batches (by default `batches_per_read`); a read batch that fails (a
+    file that cannot be read, or decoded) is done again in smaller parts, so that only that file
+    drops out.
     """
     plan = plan or parallel.plan_for("cpu", parallel.usable_cores())
     again = BytesDecoder(spec, options, plan.decode)
+    read_size = batch_size * (read_batches or batches_per_read(files, spec, batch_size))
     done = 0  # read batches
-    dataset = _threaded(_read_and_decoded(files, spec, batch_size, options, plan), plan)
+    dataset = _threaded(_read_and_decoded(files, spec, read_size, options, plan), plan)
     for number, index_batch, images, facts in _numpy(dataset):
         for missing in range(done, number):
-            yield from _again(files, missing * batch_size, batch_size, again)
-        if len(index_batch):
-            yield index_batch, images, facts
+            yield from _split(_again(files, missing * read_size, read_size, again), batch_size)
+        yield from _split([(index_batch, images, facts)], batch_size)
         done = number + 1
-    for missing in range(done, -(-len(files) // batch_size)):
-        yield from _again(files, missing * batch_size, batch_size, again)
+    for missing in range(done, -(-len(files) // read_size)):
+        yield from _split(_again(files, missing * read_size, read_size, again), batch_size)
 
 
-def _read_and_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
+# A read batch (one tf.data element) holds several model batches of small files: each element
+# costs its files a fixed share (the header call, the decode loop's set-up, the conds) that
+# small files notice. It stays within about READ_BATCH_BYTES of file contents and of model
+# inputs, so large photos are read a model batch at a time.
+READ_BATCH_BYTES = 8 * 2**20
+MAX_BATCHES_PER_READ = 8
+
+
+def batches_per_read(files: list[ListedFile], spec: InputSpec, batch_size: int) -> int:
+    """How many model batches one read batch holds, from the median file size of the listing
+    and the size of a model input."""
+    sizes = sorted(item.size or 0 for item in files[::max(1, len(files) // 1000)]) or [0]
+    input_bytes = 0 if spec.encoded else 4 * spec.channels * spec.image_size[0] * spec.image_size[1]  # float32
+    per_file = max(sizes[len(sizes) // 2], input_bytes, 1)
+    return max(1, min(MAX_BATCHES_PER_READ, READ_BATCH_BYTES // (per_file * batch_size)))
+
+
+def _split(decoded, batch_size: int) -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
+    """Read batches as model batches of at most `batch_size` files; empty ones left out."""
+    for indices, images, facts in decoded:
+        for start in range(0, len(indices), batch_size):
+            end = start + batch_size
+            yield indices[start:end], images[start:end], {name: value[start:end] for name, value in facts.items()}
+
+
+def _read_and_decoded(files: list[ListedFile], spec: InputSpec, read_size: int, options: DecodeOptions,
                       plan: parallel.ThreadPlan) -> tf.data.Dataset:
     """(read batch number, file indices, model inputs, facts) a read batch at a time. Files that
     fail a check or are left to Pillow leave the batch before decoding (gaps in the indices); a
@@ -56,10 +83,10 @@ def _read_and_decoded(files: list[ListedFile], spec: InputSpec, batch_size: int,
     files in object storage, which TensorFlow cannot open, by Python threads (`_fetched`), and
     they enter tf.data as bytes."""
     if files and storage.is_url(files[0].fs_path):
-        source, read = _fetched(files).batch(batch_size), tf.identity
+        source, read = _fetched(files).batch(read_size), tf.identity
     else:
         paths = np.array([item.fs_path for item in files], dtype=object)
-        source = tf.data.Dataset.from_tensor_slices((np.arange(len(files), dtype=np.int64), paths)).batch(batch_size)
+        source = tf.data.Dataset.from_tensor_slices((np.arange(len(files), dtype=np.int64), paths)).batch(read_size)
 
         def read(path):
             return tf.map_fn(tf.io.read_file, path, fn_output_signature=tf.string)
@@ -103,14 +130,13 @@ def _numpy(dataset: tf.data.Dataset) -> Iterator[tuple]:
         yield (*(number.numpy() for number in numbers), images, {name: value.numpy() for name, value in facts.items()})
 
 
-def _again(files: list[ListedFile], first: int, batch_size: int,
+def _again(files: list[ListedFile], first: int, read_size: int,
            decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
     """The read batch from file `first` on, which failed in tf.data, read and decoded again in
     smaller batches (`BytesDecoder.__call__`); the files that fail again leave gaps, which
     `decoding.diagnose` explains."""
-    positions, images, facts = decode.readable(decode.read(files[first:first + batch_size]), failed=True)
-    if len(positions):
-        yield first + positions, images, facts
+    positions, images, facts = decode.readable(decode.read(files[first:first + read_size]), failed=True)
+    yield first + positions, images, facts
 
 
 def _fetched(files: list[ListedFile]) -> tf.data.Dataset:

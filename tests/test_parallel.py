@@ -75,7 +75,7 @@ def test_batches_decode_as_each_file_alone_would(tmp_path, resize):
     spec = InputSpec(False, (16, 16), 3, tf.float32, "raw")
     options = DecodeOptions(10**8, 64, exif_transpose=True, scaled_decode=True, resize=resize)
     arrived = {}
-    for indices, images_, _ in batches(files, spec, 4, options):
+    for indices, images_, _ in batches(files, spec, 4, options, read_batches=1):
         arrived.update({int(index): image for index, image in zip(indices, images_.numpy())})
     assert sorted(arrived) == [i for i in range(15) if i not in (12, 13)]
     for index, image in arrived.items():
