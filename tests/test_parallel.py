@@ -57,11 +57,14 @@ def test_streamed_scores_equal_one_call_at_a_time(model_dir, image_dir):
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("read_batches", [1, 3])
 @pytest.mark.parametrize("resize", [Resize(), Resize("crop", 0.875, "bicubic")])
-def test_batches_decode_as_each_file_alone_would(tmp_path, resize):
+def test_batches_decode_as_each_file_alone_would(tmp_path, resize, read_batches):
     """Batches of one size (resized as one), of one format and of mixed formats and sizes, a
     corrupt file (its batch is done again file by file) and a TIFF (left to Pillow): every file
-    that arrives has exactly the model input of decoding it alone; the others leave gaps."""
+    that arrives has exactly the model input of decoding it alone; the others leave gaps. Read
+    several model batches at a time (as small files are), the corrupt file sends the whole read
+    batch down the slow way, and what comes out is still model batches, in order, each file once."""
     from PIL import Image
 
     names = []
@@ -74,12 +77,31 @@ def test_batches_decode_as_each_file_alone_would(tmp_path, resize):
     files = list_images(str(tmp_path), ("jpg", "png"))
     spec = InputSpec(False, (16, 16), 3, tf.float32, "raw")
     options = DecodeOptions(10**8, 64, exif_transpose=True, scaled_decode=True, resize=resize)
-    arrived = {}
-    for indices, images_, _ in batches(files, spec, 4, options, read_batches=1):
+    arrived, order = {}, []
+    for indices, images_, _ in batches(files, spec, 4, options, read_batches=read_batches):
+        assert 0 < len(indices) <= 4 and len(images_) == len(indices)
+        order += [int(index) for index in indices]
         arrived.update({int(index): image for index, image in zip(indices, images_.numpy())})
-    assert sorted(arrived) == [i for i in range(15) if i not in (12, 13)]
+    assert order == [i for i in range(15) if i not in (12, 13)]
     for index, image in arrived.items():
         np.testing.assert_array_equal(image, decode(read(files[index]), spec, options).numpy())
+
+
+def test_small_files_are_read_several_model_batches_at_a_time_and_photos_one():
+    """Thumbnails for a small model fill a read batch with many model batches (fewer graph calls
+    a file); photos, or a model input as large as a photo, keep one model batch a read."""
+    from batch_infer.listing import ListedFile
+    from batch_infer.pipeline import MAX_BATCHES_PER_READ, batches_per_read
+
+    def listing(size):
+        return [ListedFile(f"{i}.jpg", b"/%d.jpg" % i, size=size) for i in range(5000)]
+
+    small, large = InputSpec(False, (32, 32), 3, tf.float32, "raw"), InputSpec(False, (512, 512), 3, tf.float32, "raw")
+    assert batches_per_read(listing(2_000), small, 32) == MAX_BATCHES_PER_READ
+    assert batches_per_read(listing(2_000), small, 256) == 2
+    assert batches_per_read(listing(3_000_000), small, 32) == 1
+    assert batches_per_read(listing(2_000), large, 32) == 1
+    assert batches_per_read([], small, 32) == MAX_BATCHES_PER_READ
 
 
 def test_a_batch_with_no_file_for_the_graph_decodes_to_nothing_without_failing():
