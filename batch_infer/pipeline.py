@@ -23,18 +23,19 @@ from .tf_import import tf
 def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
             plan: parallel.ThreadPlan | None = None,
             read_batches: int | None = None) -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
-    """Yields (file indices, batch of model inputs, the files' facts as arrays by name, see
-    `decoding.file_facts`) in file order; failed files leave gaps.
+    """Yields (file indices, their model inputs, the files' facts as arrays by name, see
+    `decoding.file_facts`) a read batch at a time, in file order; failed files leave gaps. A read
+    batch holds up to `read_batches` model batches of `batch_size` files (by default
+    `batches_per_read`): the model is called a model batch at a time (`scorer.Scorer`).
 
     `plan` (by default the CPU plan for this machine) sets the decode threads, and how many
     batches wait ready: one per model stream, and one more.
 
     `files` are those `decoding.unread_reason` lets through (tf.io.read_file reads a whole file
     into memory, so oversized files must not come here). Files are read, their headers parsed
-    and their pixels decoded a read batch at a time inside tf.data (`_read_and_decoded`), of
-    `read_batches` model batches (by default `batches_per_read`); a read batch that fails (a
-    file that cannot be read, or decoded) is done again in smaller parts, so that only that file
-    drops out.
+    and their pixels decoded a read batch at a time inside tf.data (`_read_and_decoded`); a read
+    batch that fails (a file that cannot be read, or decoded) is done again in smaller parts, so
+    that only that file drops out.
     """
     plan = plan or parallel.plan_for("cpu", parallel.usable_cores())
     again = BytesDecoder(spec, options, plan.decode)
@@ -43,17 +44,19 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
     dataset = _threaded(_read_and_decoded(files, spec, read_size, options, plan), plan)
     for number, index_batch, images, facts in _numpy(dataset):
         for missing in range(done, number):
-            yield from _split(_again(files, missing * read_size, read_size, again), batch_size)
-        yield from _split([(index_batch, images, facts)], batch_size)
+            yield from _again(files, missing * read_size, read_size, again)
+        if len(index_batch):  # not every file left to Pillow or failing a check
+            yield index_batch, images, facts
         done = number + 1
     for missing in range(done, -(-len(files) // read_size)):
-        yield from _split(_again(files, missing * read_size, read_size, again), batch_size)
+        yield from _again(files, missing * read_size, read_size, again)
 
 
-# A read batch (one tf.data element) holds several model batches of small files: each element
-# costs its files a fixed share (the header call, the decode loop's set-up, the conds) that
-# small files notice. It stays within about READ_BATCH_BYTES of file contents and of model
-# inputs, so large photos are read a model batch at a time.
+# A read batch (one tf.data element, one job for a model stream, one table of rows) holds several
+# model batches of small files: each costs its files a fixed share (the header call, the decode
+# loop's set-up, the conds, the stream's hand-over and the table) that small files notice. It
+# stays within about READ_BATCH_BYTES of file contents and of model inputs, so large photos are
+# read a model batch at a time.
 READ_BATCH_BYTES = 8 * 2**20
 MAX_BATCHES_PER_READ = 8
 
@@ -65,14 +68,6 @@ def batches_per_read(files: list[ListedFile], spec: InputSpec, batch_size: int) 
     input_bytes = 0 if spec.encoded else 4 * spec.channels * spec.image_size[0] * spec.image_size[1]  # float32
     per_file = max(sizes[len(sizes) // 2], input_bytes, 1)
     return max(1, min(MAX_BATCHES_PER_READ, READ_BATCH_BYTES // (per_file * batch_size)))
-
-
-def _split(decoded, batch_size: int) -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
-    """Read batches as model batches of at most `batch_size` files; empty ones left out."""
-    for indices, images, facts in decoded:
-        for start in range(0, len(indices), batch_size):
-            end = start + batch_size
-            yield indices[start:end], images[start:end], {name: value[start:end] for name, value in facts.items()}
 
 
 def _read_and_decoded(files: list[ListedFile], spec: InputSpec, read_size: int, options: DecodeOptions,
@@ -133,10 +128,11 @@ def _numpy(dataset: tf.data.Dataset) -> Iterator[tuple]:
 def _again(files: list[ListedFile], first: int, read_size: int,
            decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
     """The read batch from file `first` on, which failed in tf.data, read and decoded again in
-    smaller batches (`BytesDecoder.__call__`); the files that fail again leave gaps, which
-    `decoding.diagnose` explains."""
+    smaller batches (`BytesDecoder.__call__`), unless none of it decodes; the files that fail
+    again leave gaps, which `decoding.diagnose` explains."""
     positions, images, facts = decode.readable(decode.read(files[first:first + read_size]), failed=True)
-    yield first + positions, images, facts
+    if len(positions):
+        yield first + positions, images, facts
 
 
 def _fetched(files: list[ListedFile]) -> tf.data.Dataset:

@@ -48,13 +48,24 @@ class PartWriter:
         self.last_commit = clock()
 
     def add(self, table: pa.Table) -> None:
+        """Buffers `table`, committing a part each time `max_rows` are pending: a table larger
+        than what is left of a part (a read batch of small files) is split, so every part but
+        the last of a run has exactly `max_rows` rows."""
+        while self.pending_rows + table.num_rows >= self.max_rows:
+            room = self.max_rows - self.pending_rows
+            self._pend(table.slice(0, room))
+            self.commit()
+            table = table.slice(room)
+        self._pend(table)
+        if self.pending_bytes >= self.max_bytes or (
+                self.pending_rows and self.clock() - self.last_commit >= self.max_seconds):
+            self.commit()
+
+    def _pend(self, table: pa.Table) -> None:
         if table.num_rows:
             self.pending.append(table)
             self.pending_rows += table.num_rows
             self.pending_bytes += table.nbytes
-        if self.pending_rows >= self.max_rows or self.pending_bytes >= self.max_bytes or (
-                self.pending_rows and self.clock() - self.last_commit >= self.max_seconds):
-            self.commit()
 
     def commit(self) -> None:
         """Writes the buffered rows as one new part."""

@@ -48,7 +48,7 @@ def test_results_come_back_in_input_order_while_calls_overlap():
 def test_streamed_scores_equal_one_call_at_a_time(model_dir, image_dir):
     runner = load_model(model_dir["float"])
     files = list_images(image_dir, ("jpg", "png"))
-    decoded = list(batches(files, runner.spec, 2, DECODING))
+    decoded = list(batches(files, runner.spec, 2, DECODING, read_batches=1))
     assert len(decoded) > 3
     one_at_a_time = [runner.predict(images)["probabilities"] for _, images, _ in decoded]
     streamed = [scores for _, scores in in_order(lambda batch: runner.predict(batch[1])["probabilities"], decoded, 3)]
@@ -64,7 +64,7 @@ def test_batches_decode_as_each_file_alone_would(tmp_path, resize, read_batches)
     corrupt file (its batch is done again file by file) and a TIFF (left to Pillow): every file
     that arrives has exactly the model input of decoding it alone; the others leave gaps. Read
     several model batches at a time (as small files are), the corrupt file sends the whole read
-    batch down the slow way, and what comes out is still model batches, in order, each file once."""
+    batch down the slow way, and what comes out is still read batches, in order, each file once."""
     from PIL import Image
 
     names = []
@@ -79,7 +79,7 @@ def test_batches_decode_as_each_file_alone_would(tmp_path, resize, read_batches)
     options = DecodeOptions(10**8, 64, exif_transpose=True, scaled_decode=True, resize=resize)
     arrived, order = {}, []
     for indices, images_, _ in batches(files, spec, 4, options, read_batches=read_batches):
-        assert 0 < len(indices) <= 4 and len(images_) == len(indices)
+        assert 0 < len(indices) <= 4 * read_batches and len(images_) == len(indices)
         order += [int(index) for index in indices]
         arrived.update({int(index): image for index, image in zip(indices, images_.numpy())})
     assert order == [i for i in range(15) if i not in (12, 13)]

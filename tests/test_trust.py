@@ -107,6 +107,15 @@ def test_changed_files_are_rescored_with_one_row_each(photos, tmp_path, capsys):
     assert score(capsys, photos, output)[1]["rescored"] == 0
 
 
+def test_each_part_but_the_last_holds_commit_every_rows(photos, tmp_path, capsys):
+    """Small files are scored several model batches to a table; a part still holds exactly
+    --commit-every rows, which bounds what a killed run loses."""
+    output = str(tmp_path / "out")
+    assert score(capsys, photos, output, "--commit-every", "7", "--batch-size", "4")[0] == 0
+    parts = sorted(name for name in os.listdir(output) if name.startswith("part-"))
+    assert [pq.read_metadata(os.path.join(output, name)).num_rows for name in parts] == [7, 7, 7, 7, 2]
+
+
 def test_kill_9_while_rescoring_leaves_each_path_once(photos, tmp_path, capsys):
     output = str(tmp_path / "out")
     assert score(capsys, photos, output, "--commit-every", "4")[0] == 0
@@ -217,6 +226,8 @@ def test_sigterm_under_load_exits_within_3_s(tmp_path):
     root = tmp_path / "many"
     for i in range(400):
         images.write_image(root / f"{i:04d}.png", images.random_pixels(i, 64, 64))
+    for i in range(400, 8000):  # enough that the run is still scoring when the signal comes
+        os.link(root / f"{i % 400:04d}.png", root / f"{i:04d}.png")
     output = str(tmp_path / "out")
     process = subprocess.Popen([sys.executable, "-m", "batch_infer", "run", "--model", SAMPLE_MODEL,
                                 "--input", str(root), "--output", output, "--commit-every", "32"],
