@@ -33,8 +33,8 @@ class LocalEngine:
         return self.scorer, {"device": device, "threads": self.threads.describe()}
 
     def score(self, todo: list[ListedFile]) -> Iterator[pa.Table]:
-        """Rows for every file of `todo`, in tables as they are ready: `threads.streams` model
-        calls in flight, each batch's rows built on its stream."""
+        """Rows for every file of `todo`, in tables as they are ready: `threads.streams` read
+        batches (`pipeline.batches`) in flight, each scored and made into rows on its stream."""
         from .pipeline import batches
 
         refused, readable = self.scorer.triage(todo)

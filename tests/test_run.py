@@ -102,6 +102,27 @@ def test_scores_equal_direct_signature_calls(case, model_dir, image_dir, tmp_pat
         assert list(row["top_k_labels"]) == [str(i) for i in order]
 
 
+def test_a_file_the_model_refuses_late_in_a_read_batch_is_the_only_error_row(model_dir, tmp_path, capsys):
+    """Several model batches of small files are read and scored as one job: when the model
+    refuses one input (an encoded-bytes model and a truncated JPEG), only that file's row is an
+    error, in whichever model batch of the job it falls, and the others keep their own scores."""
+    root = tmp_path / "in"
+    for i in range(9):
+        images.write_image(root / f"{i}.png", images.random_pixels(i, 18, 20))
+    images.write_truncated_jpeg(root / "7b.jpg")  # the 9th of 10 files, in the 5th model batch of 2
+    output = str(tmp_path / "out")
+    code, summary, err = run_cli(capsys, "--model", model_dir["encoded"], "--input", str(root),
+                                 "--output", output, "--batch-size", "2")
+    assert code == 0, err
+    rows = read_rows(output)
+    assert [path for path, row in rows.items() if row["status"] == "error"] == ["7b.jpg"]
+    assert rows["7b.jpg"]["error"].startswith("model: ")
+    for i in range(9):
+        expected = direct_scores(model_dir["encoded"], "serving_default", str(root / f"{i}.png"), None, None,
+                                 tf.string, "raw", "none")
+        np.testing.assert_allclose(rows[f"{i}.png"]["top_k_scores"], np.sort(expected)[::-1][:5], atol=1e-6)
+
+
 def test_sample_model_with_labels_read_back_with_duckdb(tmp_path, capsys):
     output = str(tmp_path / "demo")
     code, summary, err = run_cli(capsys, "--model", SAMPLE_MODEL, "--input", SAMPLE_IMAGES,
