@@ -49,8 +49,8 @@ class PartWriter:
 
     def add(self, table: pa.Table) -> None:
         """Buffers `table`, committing a part each time `max_rows` are pending: a table larger
-        than what is left of a part (a read batch of small files) is split, so every part but
-        the last of a run has exactly `max_rows` rows."""
+        than what is left of a part (a read batch of small files) is split, so that no part
+        holds more than `max_rows` rows (parts committed for their bytes or age hold fewer)."""
         while self.pending_rows + table.num_rows >= self.max_rows:
             room = self.max_rows - self.pending_rows
             self._pend(table.slice(0, room))

@@ -114,6 +114,7 @@ def test_a_file_the_model_refuses_late_in_a_read_batch_is_the_only_error_row(mod
     code, summary, err = run_cli(capsys, "--model", model_dir["encoded"], "--input", str(root),
                                  "--output", output, "--batch-size", "2")
     assert code == 0, err
+    assert (summary["ok"], summary["errors"]) == (9, 1)
     rows = read_rows(output)
     assert [path for path, row in rows.items() if row["status"] == "error"] == ["7b.jpg"]
     assert rows["7b.jpg"]["error"].startswith("model: ")
