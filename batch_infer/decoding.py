@@ -400,22 +400,18 @@ def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec, options: 
                 & (tf.reduce_sum(heights * widths) <= ONE_RESIZE_PIXELS))
 
     def decoded(decode=None):
-        """The batch with every file decoded by `decode`, or by its own branch when None. Files
-        of one size are stacked as they decode, uint8, and resized as one: stacked as float32
-        they took four times the memory to write and read again, which cost a thumbnail more
-        than its resize."""
+        """The batch with every file decoded by `decode`, or by its own branch when None."""
         def upright(one):
             file_plan = Plan(*tf.unstack(one[1]))
-            return to_channels(decode(one[0], file_plan) if decode else pixels(one[0], file_plan, spec, options),
-                               spec.channels)
+            image = to_channels(decode(one[0], file_plan) if decode else pixels(one[0], file_plan, spec, options),
+                                spec.channels)
+            return tf.cond(one_size, lambda: tf.cast(image, tf.float32),
+                           lambda: resized(image, spec.image_size, options.resize))
 
-        def each(function, dtype, size=(None, None)):
-            return tf.map_fn(function, (data, planned), fn_output_signature=tf.TensorSpec([*size, spec.channels], dtype))
-
-        return scaled(tf.cond(
-            one_size, lambda: resized(each(upright, tf.uint8), spec.image_size, options.resize),
-            lambda: each(lambda one: resized(upright(one), spec.image_size, options.resize), tf.float32, spec.image_size)),
-            spec)
+        images = tf.map_fn(upright, (data, planned),
+                           fn_output_signature=tf.TensorSpec([None, None, spec.channels], tf.float32))
+        return scaled(tf.cond(one_size, lambda: resized(images, spec.image_size, options.resize),
+                              lambda: tf.ensure_shape(images, [None, *spec.image_size, spec.channels])), spec)
 
     # A batch whose files all take one branch that small files take skips the switch a file.
     decoders = graph_decoders(spec, options)
