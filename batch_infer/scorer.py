@@ -88,8 +88,7 @@ class Scorer:
     """A loaded model, its heads and the decode options: everything both engines need to turn
     decoded batches into rows in one schema."""
 
-    def __init__(self, model: Model, heads: list[Head], decoding: DecodeOptions, task: str = "classify",
-                 batch_size: int = 32):
+    def __init__(self, model: Model, heads: list[Head], decoding: DecodeOptions, task: str, batch_size: int):
         self.model = model
         self.batch_size = batch_size  # images per model call
         self.task = task
@@ -177,9 +176,9 @@ class Scorer:
         count = int(images.shape[0])
         if count <= self.batch_size:
             return self._predict_batch(images)
-        sizes = [min(self.batch_size, count - start) for start in range(0, count, self.batch_size)]
+        starts = range(0, count, self.batch_size)
         taken, failures = [], {}
-        for start, part in zip(range(0, count, self.batch_size), tf.split(images, sizes)):
+        for start, part in zip(starts, tf.split(images, [min(self.batch_size, count - start) for start in starts])):
             outputs, failed = self._predict_batch(part)
             taken.append(outputs)
             failures.update({start + row: reason for row, reason in failed.items()})
