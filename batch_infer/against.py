@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,6 +29,7 @@ from .config import DEFAULT_EXTENSIONS, PREPROCESS_MODES, ConfigError
 from .decoding import (DecodeOptions, Plan, Resize, checked, pixels, read_batch, resized, scale_target, scaled,
                        to_channels)
 from .heads import Classification
+from .labels import match_labels
 from .listing import list_images
 from .model import load_model
 from .tf_import import tf
@@ -58,25 +58,14 @@ class Candidate:
                     "crop_fraction": self.resize.crop_fraction} if self.resize is not None else {})}
 
 
-def _normal(name: str) -> str:
-    return re.sub(r"[\s_\-.]+", "", name.lower())
-
-
 def match_folders(folders: list[str], labels: list[str]) -> tuple[dict[str, int], list[str]]:
-    """({folder: class index}, folders matching no label): exact names first, then ignoring case
-    and separators (space, _, -, .)."""
-    exact = {label: index for index, label in enumerate(labels)}
-    loose: dict[str, int] = {}
-    for index, label in enumerate(labels):
-        loose.setdefault(_normal(label), index)
-    matched, unmatched = {}, []
-    for folder in folders:
-        index = exact.get(folder, loose.get(_normal(folder)))
-        if index is None:
-            unmatched.append(folder)
-        else:
-            matched[folder] = index
-    return matched, unmatched
+    """({folder: class index}, folders matching no label), by `labels.match_labels`."""
+    index = {}
+    for position, label in enumerate(labels):
+        index.setdefault(label, position)
+    matching = match_labels(dict.fromkeys(folders, 0), labels)
+    return ({folder: index[label] for folder, label in matching.label_of.items()},
+            list(matching.unmatched))
 
 
 def sample_files(by_folder: dict[str, list], count: int) -> list:

@@ -1,18 +1,26 @@
 """Python entry points, for notebooks, Airflow @task functions, and code that holds a Ray Dataset.
 
-`score` is `batch-infer run` as a function: the same options (keyword arguments named as in a job
-file), the same checks, resume and output, and the summary line as a dict. `score_dataset` scores
-a Ray Dataset the caller already has and leaves the rows in Ray, for pipelines that go on there.
-Log lines go to the `batch_infer` logger; configure logging as the host application does.
+Each command is a function here: `score` (`run`), `inspect`, `review`, `report` and `export` take
+the command's long options as keywords (`_` for `-`), check them with the same option table as
+the command line, and return what the command prints as data. A problem the command reports
+with exit 2 raises `ConfigError`, whose message is the sentence the command prints; the command
+line is these calls plus printing. `score_dataset` scores a Ray Dataset the caller already has
+and leaves the rows in Ray. Log lines go to the `batch_infer` logger; configure logging as the
+host application does. Nothing heavy is imported until a call needs it, so `import batch_infer`
+stays fast.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from .config import ConfigError, RunConfig, apply_preset, build_config, parse_command_options, parse_options
 
-from .config import ConfigError, RunConfig, build_config, parse_options
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .findings import Review
 
 
 class RunFailed(Exception):
@@ -26,21 +34,27 @@ class RunFailed(Exception):
         self.exit_code = exit_code
 
 
-def score(model: str, input: str, output: str, **options) -> dict:
-    """Scores every image under `input` into the Parquet dataset `output` and returns the summary
-    (files, ok, errors, skipped, rescored, output, elapsed_s, images_per_s).
+def score(model: str, input: str, output: str, **options: Any) -> dict[str, Any]:
+    """Scores every image under `input` into the Parquet dataset `output`, as `batch-infer run`.
+    Like the command, a second call scores only what `output` lacks.
 
-    `options` are the `run` options with `_` for `-`: top_k=3, shard="0/4", engine="ray",
-    concurrency=4. Paths may be local or s3://, gs://... URLs. Like the command, a second call
-    scores only what `output` lacks.
+    Args:
+        model: SavedModel directory, or a Keras .keras or .h5 file.
+        input: directory of images, an s3://, gs://... URL, or a manifest file.
+        output: the Parquet dataset directory (or URL) to write.
+        **options: the `run` options with `_` for `-`: top_k=3, shard="0/4", engine="ray".
 
-    Raises ConfigError for a bad option, model or path, before any work (the command's exit 2),
-    and RunFailed when the error rate exceeds max_error_rate or a signal stopped the run (exit 3,
-    130 or 143), so an Airflow task fails as the command would.
+    Returns:
+        The summary line's object: files, ok, errors, skipped, rescored, output, elapsed_s,
+        images_per_s.
+
+    Raises:
+        ConfigError: a bad option, model or path, before any work (the command's exit 2).
+        RunFailed: the error rate exceeded max_error_rate or a signal stopped the run (exit 3,
+            130 or 143), so an Airflow task fails as the command would.
 
     Example:
-        from batch_infer.api import score
-        summary = score("models/mobilenet", "s3://photos/2024/", "s3://scores/2024/", top_k=3)
+        summary = batch_infer.score("models/mobilenet", "s3://photos/2024/", "s3://scores/2024/", top_k=3)
     """
     from .runner import run
 
@@ -87,6 +101,123 @@ def score_dataset(dataset, model: str, **options):
     Scorer.load(config)
     ray_engine.connect(config)
     return ray_engine.scored(dataset, config)
+
+
+def inspect(model: str, **options: Any) -> dict[str, Any]:
+    """What a model expects and what `run` would choose, as `batch-infer inspect MODEL --json`.
+
+    Args:
+        model: SavedModel directory, or a Keras .keras or .h5 file.
+        **options: signature, input_key, output_key, image_size ("HxW"), the preprocessing
+            options (preprocess, resize, crop_fraction, interpolation, antialias, preset), and
+            against (a folder with one sub-folder per class) with sample (files, default 200).
+
+    Returns:
+        The description: signatures, inputs, outputs, and under "run" the choices `run` would
+        make; with `against`, instead the ranking of the preprocessings on the labelled sample.
+
+    Raises:
+        ConfigError: a bad option, or a model, signature or key that cannot be used.
+    """
+    from .decoding import Resize
+
+    given = parse_command_options("inspect", options)
+    given.pop("json", None)
+    against, sample = given.pop("against", None), given.pop("sample", 200)
+    chosen = {**vars(RunConfig(model="", input="", output="")), **apply_preset(given)}
+    resize = Resize(chosen["resize"], chosen["crop_fraction"], chosen["interpolation"], chosen["antialias"])
+    keys = (chosen["signature"], chosen["input_key"], chosen["output_key"], chosen["image_size"])
+    if against is not None:
+        from .against import compare
+
+        return compare(os.path.abspath(model), against, sample, *keys, resize)
+    from .describe import describe
+
+    return describe(os.path.abspath(model), *keys, chosen["preprocess"], resize, chosen["preset"])
+
+
+def review(out: str, truth: str, output: str | None = None, **options: Any) -> dict[str, Any]:
+    """Compares the predictions in OUT with the labels the files already have, as
+    `batch-infer review OUT --json`.
+
+    Args:
+        out: the output dataset of a run that classified.
+        truth: "folder" (the first folder of each path) or "column:NAME" (a kept manifest column).
+        output: a directory to write suspects, duplicates, per_class and confusion .parquet to.
+        **options: similarity, the cosine similarity at which embeddings are near copies
+            (default: from the data).
+
+    Returns:
+        The summary: accuracy, matched and unmatched given labels, suspects and duplicate counts.
+
+    Raises:
+        ConfigError: OUT has no predictions or no truth column, or no given label matches.
+    """
+    return reviewed(out, truth=truth, output=output, **options).summary(output)
+
+
+def reviewed(out: str, **options: Any) -> Review:
+    """The `Review` itself, for the command's text form; `review` without the summary."""
+    from .findings import Truth, load
+
+    given = parse_command_options("review", options)
+    if "truth" not in given:
+        raise ConfigError("review needs --truth folder or --truth column:NAME.")
+    found = load(out, Truth.parse(given["truth"]), given.get("similarity"))
+    if given.get("output"):
+        found.write(given["output"])
+    return found
+
+
+def report(out: str, html: str, input: str | None = None, truth: str | None = None) -> str:
+    """Writes a self-contained HTML page about OUT, as `batch-infer report`.
+
+    Args:
+        out: the output dataset of a run.
+        html: the HTML file to write.
+        input: the run's --input, to embed thumbnails.
+        truth: "folder" or "column:NAME", to add the review section.
+
+    Returns:
+        The HTML file's absolute path.
+
+    Raises:
+        ConfigError: OUT or `input` cannot be read, or the review cannot be made.
+    """
+    return reported(out, html=html, input=input, truth=truth)["report"]
+
+
+def reported(out: str, **options: Any) -> dict[str, Any]:
+    """`report`, returning also the rows, errors and thumbnails the command prints."""
+    from .findings import Truth
+    from .reporting import write_report
+
+    given = parse_command_options("report", options)
+    truth = Truth.parse(given["truth"]) if "truth" in given else None
+    return write_report(out, given["html"], given.get("input"), truth)
+
+
+def export(out: str, format: str, dest: str, **options: Any) -> dict[str, Any]:
+    """Writes the ok rows of OUT in the shape another tool wants, as `batch-infer export`.
+
+    Args:
+        out: the output dataset of a run.
+        format: "csv", "imagefolder" or "label-studio".
+        dest: the file to write (csv, label-studio) or a new or empty directory (imagefolder).
+        **options: input (the run's --input, for imagefolder), min_score, link ("hardlink" or
+            "copy"), image_root (label-studio URL prefix), review (a review directory, to export
+            its suspects and duplicates as Label Studio tasks).
+
+    Returns:
+        What was written: format, dest, and the counts exported and left out.
+
+    Raises:
+        ConfigError: a bad option, a --dest that is in the way, or images not under `input`.
+    """
+    from .exporting import export as write_export
+
+    given = parse_command_options("export", {"format": format, "dest": dest, **options})
+    return write_export(out, **given)
 
 
 def load_embeddings(output: str) -> tuple[list[str], np.ndarray]:

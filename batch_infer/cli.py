@@ -1,4 +1,6 @@
-"""Command line: parses options, runs the command, maps outcomes to the contract's exit codes."""
+"""Command line: maps flags to the calls in `api`, prints what they return, and maps outcomes to
+the contract's exit codes. Every command is registered the same way, from the option table in
+`config`."""
 
 from __future__ import annotations
 
@@ -6,13 +8,15 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
-from . import __version__, export, report, review
-from .config import (PREPROCESSING_OPTIONS, ConfigError, add_options, add_run_arguments, build_config,
-                     parse_image_size, parse_options, positive_int)
+from . import __version__
+from .config import COMMAND_OPTIONS, ConfigError, add_run_arguments, add_options, build_config
 from .progress import log, setup_logging
 
 EXIT_OK, EXIT_USAGE = 0, 2
+OUT_HELP = "output directory of a batch-infer run"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,52 +26,121 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message[0].upper()}{message[1:]}; see `{self.prog} --help`.")
 
 
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    description: str  # ends with an example
+    handler: Callable[[dict], int]  # the given options (and the positional) to an exit code
+    positional: tuple[str, str, str] | None = None  # (name, metavar, help)
+
+
+def _run(given: dict) -> int:
+    config = build_config(given)
+    setup_logging(config.log_format, config.quiet)
+    from .runner import run
+
+    summary = run(config)
+    print(json.dumps(summary.as_dict()), flush=True)
+    code, problem = summary.outcome(config.max_error_rate)
+    if problem is not None:
+        log.warning("%s", problem)
+    return code
+
+
+def _inspect(given: dict) -> int:
+    from .api import inspect
+
+    as_json = given.pop("json", False)
+    result = inspect(given.pop("model"), **given)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    elif "against" in given:
+        from .against import format_comparison
+
+        print(format_comparison(result))
+    else:
+        from .describe import format_description
+
+        print(format_description(result))
+    return EXIT_OK
+
+
+def _review(given: dict) -> int:
+    from .api import reviewed
+
+    as_json = given.pop("json", False)
+    found = reviewed(given.pop("out"), **given)
+    review_dir = given.get("output")
+    print(json.dumps(found.summary(review_dir)) if as_json else found.text(review_dir), flush=True)
+    return EXIT_OK
+
+
+def _report(given: dict) -> int:
+    from .api import reported
+
+    print(json.dumps(reported(given.pop("out"), **given)), flush=True)
+    return EXIT_OK
+
+
+def _export(given: dict) -> int:
+    from .api import export
+
+    print(json.dumps(export(given.pop("out"), **given)), flush=True)
+    return EXIT_OK
+
+
+COMMANDS = (
+    Command("run", "score images into a Parquet dataset",
+            "Score every image under --input and write one row per file to --output. "
+            "Example: batch-infer run --model model/ --input photos/ --output scores/", _run),
+    Command("inspect", "show what a model expects and what run would use",
+            "Show every signature of a SavedModel (or a Keras file's input, outputs and the layers "
+            "that can serve as embeddings) and what `run` would choose. "
+            "Example: batch-infer inspect model/", _inspect,
+            ("model", "MODEL", "SavedModel directory, or a Keras .keras or .h5 file")),
+    Command("review", "compare predictions with the labels a dataset has: metrics, likely wrong "
+            "labels, duplicates",
+            "Compare the predictions in OUT with given labels: accuracy, per-class metrics, the "
+            "confusion matrix, rows whose label the model doubts, and duplicate groups (exact by "
+            "content_hash, near by embedding when OUT has one). "
+            "Example: batch-infer review scores/ --truth folder --output review/", _review,
+            ("out", "OUT", OUT_HELP)),
+    Command("report", "write a self-contained HTML report of an output dataset",
+            "Summarise OUT in one HTML file that needs no network: run metadata, class "
+            "distribution, score histogram, least confident predictions, a sample per class and "
+            "the error rows. Example: batch-infer report scores/ --input photos/ --html report.html",
+            _report, ("out", "OUT", OUT_HELP)),
+    Command("export", "write ok rows as CSV, an image folder per label, or Label Studio tasks",
+            "Export the ok rows of OUT for other tools. Example: batch-infer export scores/ "
+            "--format imagefolder --input photos/ --dest by_label/ --min-score 0.9", _export,
+            ("out", "OUT", OUT_HELP)),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="batch-infer", description="Score a directory of images with a "
                      "TensorFlow SavedModel or Keras model and write predictions to Parquet.")
     parser.add_argument("--version", action="version", version=f"batch-infer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    run = commands.add_parser(
-        "run", help="score images into a Parquet dataset",
-        description="Score every image under --input and write one row per file to --output. "
-                    "Example: batch-infer run --model model/ --input photos/ --output scores/",
-    )
-    add_run_arguments(run)
-
-    inspect = commands.add_parser(
-        "inspect", help="show what a model expects and what run would use",
-        description="Show every signature of a SavedModel (or a Keras file's input, outputs and "
-                    "the layers that can serve as embeddings) and what `run` would choose. "
-                    "Example: batch-infer inspect model/",
-    )
-    inspect.add_argument("model", metavar="MODEL", help="SavedModel directory, or a Keras .keras or .h5 file")
-    inspect.add_argument("--json", action="store_true", help="print one JSON object")
-    inspect.add_argument("--signature", default="serving_default", metavar="NAME",
-                         help="signature run would call (default: serving_default)")
-    inspect.add_argument("--input-key", metavar="KEY", help="input run would feed")
-    inspect.add_argument("--output-key", metavar="KEY", help="output run would read")
-    inspect.add_argument("--image-size", metavar="HxW", help="size for signatures that leave it open")
-    add_options(inspect, PREPROCESSING_OPTIONS)
-    inspect.add_argument("--against", metavar="LABELLED_DIR",
-                         help="score a sample of LABELLED_DIR (one folder per class, named as the "
-                              "model's labels) under each preprocessing that applies, and rank them")
-    inspect.add_argument("--sample", metavar="N", default=200,
-                         help="files sampled from LABELLED_DIR, spread over the classes (default: 200)")
-    review.add_command(commands)
-    report.add_command(commands)
-    export.add_command(commands)
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, help=command.help, description=command.description)
+        if command.positional is not None:
+            name, metavar, help = command.positional
+            sub.add_argument(name, metavar=metavar, help=help)
+        if command.name == "run":
+            add_run_arguments(sub)
+        else:
+            add_options(sub, COMMAND_OPTIONS[command.name])
+        sub.set_defaults(handler=command.handler)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        if hasattr(args, "handler"):
-            return args.handler(args)
-        if args.command == "inspect":
-            return _inspect(args)
-        return _run(args)
+        args = vars(build_parser().parse_args(argv))
+        del args["command"]
+        return args.pop("handler")(args)
     except ConfigError as error:
         print(f"batch-infer: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -93,45 +166,3 @@ def console() -> None:
     if "ray" in sys.modules:
         sys.exit(code)
     os._exit(code)
-
-
-def _run(args: argparse.Namespace) -> int:
-    given = {name: value for name, value in vars(args).items() if name != "command"}
-    config = build_config(given)
-    setup_logging(config.log_format, config.quiet)
-    from .runner import run
-
-    summary = run(config)
-    print(json.dumps(summary.as_dict()), flush=True)
-    code, problem = summary.outcome(config.max_error_rate)
-    if problem is not None:
-        log.warning("%s", problem)
-    return code
-
-
-def _inspect(args: argparse.Namespace) -> int:
-    from .decoding import Resize
-    from .describe import describe, format_description
-
-    image_size = parse_image_size("image_size", args.image_size) if args.image_size else None
-    given = {name: getattr(args, name) for name in PREPROCESSING_OPTIONS if hasattr(args, name)}
-    chosen = {**vars(_defaults()), **parse_options(given)}
-    resize = Resize(chosen["resize"], chosen["crop_fraction"], chosen["interpolation"], chosen["antialias"])
-    if args.against is not None:
-        from .against import compare, format_comparison
-
-        sample = positive_int("sample", args.sample)
-        result = compare(os.path.abspath(args.model), args.against, sample,
-                         args.signature, args.input_key, args.output_key, image_size, resize)
-        print(json.dumps(result, indent=2) if args.json else format_comparison(result))
-        return EXIT_OK
-    info = describe(os.path.abspath(args.model), args.signature, args.input_key, args.output_key,
-                    image_size, chosen["preprocess"], resize, chosen["preset"])
-    print(json.dumps(info, indent=2) if args.json else format_description(info))
-    return EXIT_OK
-
-
-def _defaults():
-    from .config import RunConfig
-
-    return RunConfig(model="", input="", output="")

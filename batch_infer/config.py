@@ -9,7 +9,7 @@ import argparse
 import importlib.util
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from . import storage
@@ -141,6 +141,27 @@ def _fraction(name: str, value: Any) -> float:
     return number
 
 
+def _share(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if isinstance(value, bool) or not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{_flag(name)} must be a number between 0 and 1, e.g. 0.8; got {value!r}.")
+    return number
+
+
+def _cosine(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -2.0
+    if isinstance(value, bool) or not -1.0 <= number <= 1.0:
+        raise ConfigError(f"{_flag(name)} must be a cosine similarity between -1 and 1, e.g. 0.93; "
+                          f"got {value!r}.")
+    return number
+
+
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{_flag(name)} needs a non-empty text value; got {value!r}.")
@@ -213,6 +234,9 @@ class Option:
     boolean: bool = False
     changes_values: bool = True  # False: a resume with another value never mixes rows (see `fingerprint`)
     repeatable: bool = False
+    switch: bool = False  # a flag without a value, on when given (--quiet, --json)
+    required: bool = False  # on the command line; run's own three may come from a job file instead
+    choices: tuple[str, ...] | None = None  # for argparse to check and list (export's, as before)
 
 
 OPTIONS = (
@@ -262,7 +286,7 @@ OPTIONS = (
            changes_values=False),
     Option("device", "where the model runs (default: auto, the GPU when there is one)",
            _choice(DEVICES), changes_values=False),
-    Option("quiet", "no progress output, warnings only", _bool, boolean=True, changes_values=False),
+    Option("quiet", "no progress output, warnings only", _bool, switch=True, changes_values=False),
     Option("log_format", "stderr log lines as text or one JSON object each (default: text)",
            _choice(LOG_FORMATS), changes_values=False),
     Option("exif_transpose", "turn photos upright by their EXIF orientation before resizing, as "
@@ -311,13 +335,88 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 PREPROCESSING_OPTIONS = ("preprocess", "resize", "crop_fraction", "interpolation", "antialias", "preset")
+FORMATS = ("csv", "imagefolder", "label-studio")
+LINKS = ("hardlink", "copy")
+LOCAL_FILES = "/data/local-files/?d="
+JSON = Option("json", "print one JSON object", _bool, switch=True)
+TRUTH = Option("truth", "where each file's given label is: folder (the first folder of its path) "
+               "or column:NAME (a manifest column kept with --keep-columns)", _text, "folder|column:NAME")
+RUN_INPUT = "the run's --input"
+
+# The other commands' options, each as `run`'s: an option named as a run option and not listed
+# here is that run option (inspect's --signature is run's). Keyed by command; the Python call of
+# each command takes the same names as keywords.
+COMMAND_OPTIONS: dict[str, tuple[Option | str, ...]] = {
+    "inspect": (
+        JSON, "signature", "input_key", "output_key", "image_size", *PREPROCESSING_OPTIONS,
+        Option("against", "score a sample of LABELLED_DIR (one folder per class, named as the "
+               "model's labels) under each preprocessing that applies, and rank them", _text,
+               "LABELLED_DIR"),
+        Option("sample", "files sampled from LABELLED_DIR, spread over the classes (default: 200)",
+               _positive_int, "N"),
+    ),
+    "review": (
+        replace(TRUTH, required=True),
+        Option("output", "directory to write suspects, duplicates, per_class and confusion "
+               ".parquet to", _text, "REVIEW_DIR"),
+        Option("similarity", "near duplicates: centred cosine similarity of the embeddings at least "
+               "S (default: from the data, a tenth of the typical distance between an image and "
+               "its nearest neighbour)", _cosine, "S"),
+        JSON,
+    ),
+    "report": (
+        Option("input", f"{RUN_INPUT}, to embed thumbnails (default: no thumbnails)", _text, "DIR"),
+        Option("html", "HTML file to write", _text, "FILE", required=True),
+        TRUTH,
+    ),
+    "export": (
+        Option("format", "csv: path,label,score,top_k_labels,top_k_scores with top-k joined by '|'; "
+               "imagefolder: DEST/<label>/<path with / replaced by __>; label-studio: a JSON task "
+               "list with the top-1 label as a prediction", _choice(FORMATS), required=True,
+               choices=FORMATS),
+        Option("dest", "file to write (csv, label-studio) or new or empty directory (imagefolder)",
+               _text, "DEST", required=True),
+        Option("input", f"{RUN_INPUT} (needed by imagefolder)", _text, "DIR"),
+        Option("min_score", "export only rows whose top-1 score is at least S (default: 0)",
+               _share, "S"),
+        Option("link", "imagefolder: hard-link the images (copied when DEST is on another "
+               "filesystem) or copy them (default: hardlink)", _choice(LINKS), choices=LINKS),
+        Option("image_root", "label-studio: prefix of each task's image URL, followed by the "
+               f"URL-quoted path (default: {LOCAL_FILES}, Label Studio's local files URL, which is "
+               "relative to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: set that to the run's --input, "
+               f"or give e.g. {LOCAL_FILES}photos/ or https://host/photos/). The labeling config "
+               "must name its tags image and choice: <Image name=\"image\" value=\"$image\"/>"
+               "<Choices name=\"choice\" toName=\"image\">", _text, "PREFIX"),
+        Option("review", "label-studio: export the suspects and duplicate groups that `batch-infer "
+               "review OUT --output REVIEW_DIR` wrote, as review tasks carrying the given label and "
+               "the prediction, instead of every ok row", _text, "REVIEW_DIR"),
+    ),
+}
 
 
-def add_options(parser: argparse.ArgumentParser, names) -> None:
-    """Adds the named options, with the same flags and help text everywhere (run and inspect)."""
-    for option in (OPTIONS_BY_NAME[name] for name in names):
-        if option.name == "quiet":
-            parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+def command_options(command: str) -> dict[str, Option]:
+    """The options of `inspect`, `review`, `report` or `export` by name."""
+    return {entry.name if isinstance(entry, Option) else entry:
+            entry if isinstance(entry, Option) else OPTIONS_BY_NAME[entry]
+            for entry in COMMAND_OPTIONS[command]}
+
+
+def parse_command_options(command: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The values given to `command` (None: not given), each checked by its option."""
+    options = command_options(command)
+    unknown = sorted(set(values) - set(options))
+    if unknown:
+        raise ConfigError(f"{command} takes no option(s) {', '.join(unknown)}; its options are "
+                          f"{', '.join(options)}.")
+    return {name: options[name].parse(name, value) for name, value in values.items() if value is not None}
+
+
+def add_options(parser: argparse.ArgumentParser, options) -> None:
+    """Adds the options (names of run options, or Options), with the same flags and help text
+    everywhere; unset flags stay absent."""
+    for option in (OPTIONS_BY_NAME[entry] if isinstance(entry, str) else entry for entry in options):
+        if option.switch:
+            parser.add_argument(_flag(option.name), action="store_true", default=argparse.SUPPRESS,
                                 help=option.help)
         elif option.repeatable:
             parser.add_argument(_flag(option.name), metavar=option.metavar, action="append",
@@ -326,8 +425,8 @@ def add_options(parser: argparse.ArgumentParser, names) -> None:
             parser.add_argument(_flag(option.name), action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=option.help)
         else:
-            parser.add_argument(_flag(option.name), metavar=option.metavar,
-                                default=argparse.SUPPRESS, help=option.help)
+            parser.add_argument(_flag(option.name), metavar=option.metavar, choices=option.choices,
+                                required=option.required, default=argparse.SUPPRESS, help=option.help)
 
 
 def read_job_file(path: str) -> dict[str, Any]:

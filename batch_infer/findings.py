@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,7 @@ import pyarrow.parquet as pq
 from . import duplicates, storage
 from .atomic import write_atomically
 from .config import ConfigError
-from .review import Truth
+from .labels import Matching, match_labels
 
 COLUMNS = ["path", "status", "label", "score", "top_k_labels", "top_k_indices", "top_k_scores"]
 MOST_CONFUSED = 10
@@ -37,35 +36,30 @@ TRAINED_ON_NOTE = ("Predictions on images the model was trained on are overconfi
 FILES = ("suspects", "duplicates", "per_class", "confusion")
 
 
-def normalized(name: str) -> str:
-    """A name without case or separators: `Golden_Retriever` and `golden retriever` meet."""
-    return re.sub(r"[\s_\-.]+", "", name.casefold())
+@dataclass(frozen=True)
+class Truth:
+    """Where the given labels are: the first folder of each path, or a kept manifest column."""
+    column: str | None  # None: the folder
 
+    @classmethod
+    def parse(cls, text: str) -> Truth:
+        if text == "folder":
+            return cls(None)
+        if isinstance(text, str) and text.startswith("column:") and text[len("column:"):]:
+            return cls(text[len("column:"):])
+        raise ConfigError(f"--truth must be folder or column:NAME; got {text!r}.")
 
-@dataclass
-class Matching:
-    """Each given name's model label (exactly, else ignoring case and separators), and the names
-    that match none, with their file counts."""
-    label_of: dict[str, str] = field(default_factory=dict)
-    loose: dict[str, str] = field(default_factory=dict)  # the part of label_of matched loosely
-    unmatched: dict[str, int] = field(default_factory=dict)
+    def names(self, rows: pd.DataFrame) -> pd.Series:
+        """The given label of each row as text, None where it has none (a file at the top of the
+        input has no folder; an empty manifest cell has no label)."""
+        if self.column is None:
+            parts = rows.path.str.split("/", n=1)
+            return parts.map(lambda part: part[0] if len(part) == 2 and part[0] else None)
+        values = rows[self.column]
+        return values.map(lambda value: None if pd.isna(value) or str(value) == "" else str(value))
 
-
-def match(counts: dict[str, int], labels: list[str]) -> Matching:
-    exact = set(labels)
-    by_key: dict[str, list[str]] = {}
-    for label in labels:
-        by_key.setdefault(normalized(label), []).append(label)
-    found = Matching()
-    for name, files in sorted(counts.items()):
-        candidates = by_key.get(normalized(name), [])
-        if name in exact:
-            found.label_of[name] = name
-        elif len(candidates) == 1:  # two labels that differ only by case stay ambiguous
-            found.label_of[name] = found.loose[name] = candidates[0]
-        else:
-            found.unmatched[name] = files
-    return found
+    def __str__(self) -> str:
+        return "folder" if self.column is None else f"column:{self.column}"
 
 
 def model_labels(rows: pd.DataFrame, metadata: list[dict[str, str]]) -> list[str]:
@@ -210,7 +204,7 @@ def load(output: str, truth: Truth, similarity: float | None = None) -> Review:
     del table  # the Arrow copy of the embeddings: `embeddings` holds them now
     labels = model_labels(rows, metadata)
     given = truth.names(rows)
-    matching = match(given.dropna().value_counts().to_dict(), labels)
+    matching = match_labels(given.dropna().value_counts().to_dict(), labels)
     if not matching.label_of:
         raise ConfigError(f"No given label ({truth}) matches a model label: given "
                           f"{_few(sorted(matching.unmatched))}; the model's labels are {_few(labels)}. "

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .config import ConfigError
 
 SHIPPED_NAMES = ("labels.txt", os.path.join("assets", "labels.txt"))
+SEPARATORS = re.compile(r"[\s_\-.]+")
 
 
 def find_labels_file(model: str, given: str | None) -> str | None:
@@ -50,3 +53,41 @@ def resolve_labels(model: str, given: str | None, num_classes: int) -> tuple[np.
         raise ConfigError(f"Labels file {path} has {len(names)} labels but the model outputs "
                           f"{num_classes} classes; give one label per class with --labels.")
     return np.array(names, dtype=object), path
+
+
+def loose_key(name: str) -> str:
+    """A name without case or separators (space, _, -, .): `Golden_Retriever` and
+    `golden retriever` meet. `str.lower`, not `casefold`, so `STRASSE` stays apart from `Straße`:
+    folding would turn one class's name into another's spelling."""
+    return SEPARATORS.sub("", name.lower())
+
+
+@dataclass
+class Matching:
+    """Each given name's model label, the part of it matched loosely, and the names that match
+    no label with their file counts."""
+    label_of: dict[str, str] = field(default_factory=dict)
+    loose: dict[str, str] = field(default_factory=dict)
+    unmatched: dict[str, int] = field(default_factory=dict)
+
+
+def match_labels(counts: dict[str, int], labels: list[str]) -> Matching:
+    """Matches given names (folders, manifest values; `counts` holds each one's files) to the
+    model's labels: the same text, else the one label with the same `loose_key`. A name whose key
+    fits two labels (`CAT` with `Cat` and `cat`) matches neither, since picking one would count
+    its files against a class they may not be. `review`, `report` and `inspect --against` all
+    match through here, so a name they show as matched is matched in all three."""
+    exact = set(labels)
+    by_key: dict[str, list[str]] = {}
+    for label in labels:
+        by_key.setdefault(loose_key(label), []).append(label)
+    found = Matching()
+    for name, files in sorted(counts.items()):
+        candidates = by_key.get(loose_key(name), [])
+        if name in exact:
+            found.label_of[name] = name
+        elif len(candidates) == 1:
+            found.label_of[name] = found.loose[name] = candidates[0]
+        else:
+            found.unmatched[name] = files
+    return found

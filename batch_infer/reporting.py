@@ -14,7 +14,6 @@ value it prints, so no path or label reaches the page unescaped.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
 import datetime
@@ -28,12 +27,11 @@ import numpy as np
 from . import __version__, storage
 from .atomic import write_atomically
 from .config import ConfigError
-from .review import add_truth_argument
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .findings import Review
+    from .findings import Review, Truth
 
 COLUMNS = ["path", "status", "error", "label", "score"]
 LEAST_CONFIDENT, PER_CLASS, MAX_CLASSES, MAX_ERRORS, MAX_RUNS = 24, 4, 50, 500, 20
@@ -42,41 +40,26 @@ SUSPECTS, GROUPS, PER_GROUP, HEATMAP_CLASSES = 24, 12, 6, 25
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
 
-def add_command(commands) -> None:
-    parser = commands.add_parser(
-        "report", help="write a self-contained HTML report of an output dataset",
-        description="Summarise OUT in one HTML file that needs no network: run metadata, class "
-                    "distribution, score histogram, least confident predictions, a sample per "
-                    "class and the error rows. Example: batch-infer report scores/ --input photos/ "
-                    "--html report.html")
-    parser.add_argument("output", metavar="OUT", help="output directory of a batch-infer run")
-    parser.add_argument("--input", metavar="DIR", help="the run's --input, to embed thumbnails "
-                        "(default: no thumbnails)")
-    parser.add_argument("--html", metavar="FILE", required=True, help="HTML file to write")
-    add_truth_argument(parser, required=False)
-    parser.set_defaults(handler=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    if args.input is not None and not os.path.isdir(args.input):
-        raise ConfigError(f"--input {args.input} is not a directory; give the run's --input.")
+def write_report(out: str, html: str, input: str | None = None, truth: Truth | None = None) -> dict:
+    """Writes the page for OUT to `html`; returns what `batch-infer report` prints (the page's
+    path, rows, errors, thumbnails)."""
+    if input is not None and not os.path.isdir(input):
+        raise ConfigError(f"--input {input} is not a directory; give the run's --input.")
     from .output import read_parts  # pyarrow only now: `--help` stays fast
 
-    table, metadata = read_parts(storage.absolute(args.output), COLUMNS)
+    table, metadata = read_parts(storage.absolute(out), COLUMNS)
     rows = table.to_pandas()
-    thumbnails = Thumbnails(args.input) if args.input else None
+    thumbnails = Thumbnails(input) if input else None
     reviewed = None
-    if args.truth is not None:
+    if truth is not None:
         from .findings import load
 
-        reviewed = review_section(load(args.output, args.truth), thumbnails)
-    page = render(aggregate(rows, metadata, args.output, thumbnails, reviewed))
-    os.makedirs(os.path.dirname(os.path.abspath(args.html)), exist_ok=True)
-    write_atomically(args.html, lambda handle: handle.write(page), text=True)
-    print(json.dumps({"report": os.path.abspath(args.html), "rows": len(rows),
-                      "errors": int((rows.status != "ok").sum()),
-                      "thumbnails": thumbnails.count if thumbnails else 0}), flush=True)
-    return 0
+        reviewed = review_section(load(out, truth), thumbnails)
+    page = render(aggregate(rows, metadata, out, thumbnails, reviewed))
+    os.makedirs(os.path.dirname(os.path.abspath(html)), exist_ok=True)
+    write_atomically(html, lambda handle: handle.write(page), text=True)
+    return {"report": os.path.abspath(html), "rows": len(rows), "errors": int((rows.status != "ok").sum()),
+            "thumbnails": thumbnails.count if thumbnails else 0}
 
 
 class Thumbnails:
