@@ -26,8 +26,10 @@ import numpy as np
 
 from . import parallel
 from .config import DEFAULT_EXTENSIONS, PREPROCESS_MODES, ConfigError
-from .decoding import (DecodeOptions, Plan, Resize, checked, pixels, read_batch, resized, scale_target, scaled,
-                       to_channels)
+from .decode.geometry import resized, scaled, to_channels
+from .decode.graph import checked, pixels, plan_batch
+from .decode.options import DecodeOptions, Resize
+from .decode.plan import Plan, scale_target
 from .heads import Classification
 from .labels import match_labels
 from .listing import list_images
@@ -156,7 +158,7 @@ def _decoded(files, spec, geometries, plan):
                             for resize in geometries)
 
     def planned(data, decoding):
-        return Plan(*tf.unstack(read_batch(data[None], spec, decoding)[0][0]))
+        return Plan(*tf.unstack(plan_batch(data[None], spec, decoding)[0][0]))
 
     paths = np.array([item.fs_path for item in files], dtype=object)
     threading = tf.data.Options()

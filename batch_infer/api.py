@@ -119,7 +119,7 @@ def inspect(model: str, **options: Any) -> dict[str, Any]:
     Raises:
         ConfigError: a bad option, or a model, signature or key that cannot be used.
     """
-    from .decoding import Resize
+    from .decode.options import Resize
 
     given = parse_command_options("inspect", options)
     given.pop("json", None)

@@ -5,7 +5,7 @@ the sentence it would stop with."""
 from __future__ import annotations
 
 from .config import ConfigError
-from .decoding import DecodeOptions, Resize
+from .decode.options import DecodeOptions, Resize
 from .heads import Classification
 from .labels import find_labels_file, read_labels
 from .model import (PENULTIMATE, TensorInfo, embedding_layers, final_dense, is_keras_file,

@@ -6,16 +6,16 @@ from __future__ import annotations
 import itertools
 from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 
-from . import fallback, parallel
+from . import parallel
 from .config import RunConfig
+from .decode import pillow
+from .decode.pipeline import NONE_DECODED, DecodedBatch, batches
 from .listing import ListedFile
 from .scorer import Scorer
 
-FALLBACK_SUFFIXES = tuple(f".{extension}" for extension in fallback.EXTENSIONS)
-NOTHING = np.array([], np.int64)
+FALLBACK_SUFFIXES = tuple(f".{extension}" for extension in pillow.EXTENSIONS)
 
 
 class LocalEngine:
@@ -35,7 +35,6 @@ class LocalEngine:
     def score(self, todo: list[ListedFile]) -> Iterator[pa.Table]:
         """Rows for every file of `todo`, in tables as they are ready: `threads.streams` read
         batches (`pipeline.batches`) in flight, each scored and made into rows on its stream."""
-        from .pipeline import batches
 
         refused, readable = self.scorer.triage(todo)
         yield refused
@@ -47,25 +46,25 @@ class LocalEngine:
                           self.threads)
         size = self.config.batch_size
         jobs = itertools.chain(_with_gaps(graph, decoded, size),
-                               ((direct[start:start + size], NOTHING, None, None, {}) for start in range(0, len(direct), size)))
+                               ((direct[start:start + size], NONE_DECODED) for start in range(0, len(direct), size)))
         for _, table in parallel.in_order(lambda job: self.scorer.rows(*job), jobs, self.threads.streams):
             yield table
 
 
-def _with_gaps(readable: list[ListedFile], decoded, batch_size: int) -> Iterator[tuple]:
-    """(files, positions among them that decoded, their images, None: no bytes at hand, their
-    facts) per batch: the files a batch
+def _with_gaps(readable: list[ListedFile], decoded: Iterator[DecodedBatch],
+               batch_size: int) -> Iterator[tuple[list[ListedFile], DecodedBatch]]:
+    """(files, those of them that decoded, by their positions among them) per batch: the files a batch
     covers run from the one after the previous batch to its last, so files that dropped out of
     decoding are in the batch after them. A run of more than `batch_size` such files (a folder
     of TIFFs, which the Pillow fallback decodes) comes first in jobs of its own, `batch_size`
     files each, so that they are decoded on every stream and committed as they go."""
     next_index = 0
-    for indices, images, facts in decoded:
-        first, end = int(indices[0]), int(indices[-1]) + 1
+    for batch in decoded:
+        first, end = int(batch.positions[0]), int(batch.positions[-1]) + 1
         while first - next_index > batch_size:
-            yield readable[next_index:next_index + batch_size], NOTHING, None, None, {}
+            yield readable[next_index:next_index + batch_size], NONE_DECODED
             next_index += batch_size
-        yield readable[next_index:end], indices - next_index, images, None, facts
+        yield readable[next_index:end], batch._replace(positions=batch.positions - next_index)
         next_index = end
     for start in range(next_index, len(readable), batch_size):
-        yield readable[start:start + batch_size], NOTHING, None, None, {}
+        yield readable[start:start + batch_size], NONE_DECODED

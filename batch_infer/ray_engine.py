@@ -150,7 +150,7 @@ class Actor:
 
     def __init__(self, config: RunConfig):
         from .model import configure_device
-        from .pipeline import BytesDecoder
+        from .decode.pipeline import BytesDecoder
         from .scorer import Scorer
 
         device = configure_device(config.device if config.num_gpus else "cpu")
@@ -176,6 +176,5 @@ class Actor:
     def _rows(self, items: list[ListedFile], contents: list[bytes] | None) -> pa.Table:
         """One model batch: its files read here unless their bytes came with them."""
         data = contents if contents is not None else self.decode.read(items)
-        positions, images, facts = self.decode.readable(data)
-        return self.scorer.rows(items, positions, images, data, facts)
+        return self.scorer.rows(items, self.decode.readable(data), data)
 

@@ -12,7 +12,11 @@ import pyarrow as pa
 
 from . import parallel
 from .config import ConfigError, RunConfig
-from .decoding import PILLOW, TENSORFLOW, DecodeOptions, ModelInputs, rescue, unread_reason
+from .decode.diagnose import rescue, unread_reason
+from .decode.geometry import ModelInputs
+from .decode.graph import PILLOW, TENSORFLOW
+from .decode.options import DecodeOptions
+from .decode.pipeline import DecodedBatch
 from .heads import Classification, Embedding, FileFacts, Head, KeptOutput
 from .listing import ListedFile
 from .model import Model, is_keras_file, load_keras_model, load_model
@@ -136,14 +140,12 @@ class Scorer:
         return (self.error_rows([path for path, _ in refused], [reason for _, reason in refused]),
                 [item for item, reason in zip(todo, reasons) if reason is None])
 
-    def rows(self, items: list[ListedFile], arrived: np.ndarray, images,
-             data: list[bytes] | None = None, facts: dict[str, np.ndarray] | None = None) -> pa.Table:
-        """One row for each of `items`: those at positions `arrived` decoded into `images` (in
-        order) and are scored, their `facts` (see `decoding.decode_with_facts`) beside the model's
-        outputs; the others are rescued by the Pillow fallback and scored, or
+    def rows(self, items: list[ListedFile], decoded: DecodedBatch, data: list[bytes] | None = None) -> pa.Table:
+        """One row for each of `items`: those `decoded` names by position are scored, their facts
+        beside the model's outputs; the others are rescued by the Pillow fallback and scored, or
         diagnosed: from `data` when the engine has each file's bytes, else by reading the file
         again."""
-        arrived = [int(position) for position in arrived]
+        arrived = [int(position) for position in decoded.positions]
         missing = sorted(set(range(len(items))) - set(arrived))
         rescued = list(self.fallback_pool.map(
             lambda i: rescue(items[i], data[i] if data is not None else None, self.model.spec, self.decoding),
@@ -151,7 +153,7 @@ class Scorer:
         failed = [(items[i].path, reason) for i, (_, reason) in zip(missing, rescued) if reason is not None]
         tables = [self.error_rows([path for path, _ in failed], [reason for _, reason in failed])] if failed else []
         if arrived:
-            tables.extend(self._scored([items[i].path for i in arrived], images, TENSORFLOW, facts))
+            tables.extend(self._scored([items[i].path for i in arrived], decoded.images, TENSORFLOW, decoded.facts))
         decoded = [(items[i].path, pixels) for i, (pixels, _) in zip(missing, rescued) if pixels is not None]
         if decoded:
             tables.extend(self._scored([path for path, _ in decoded],

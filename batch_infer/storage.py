@@ -131,3 +131,25 @@ def put(url: str, data: bytes) -> None:
     100 MB, and that too appears only when complete), so readers never see half an object."""
     fs, path = filesystem(url)
     fs.pipe_file(path, data)
+
+
+def read(path: bytes):
+    """A file's bytes as a tf.string tensor, from disk or from object storage."""
+    from .tf_import import tf
+
+    if is_url(path):
+        return tf.constant(read_bytes(path.decode()))
+    return tf.io.read_file(path)
+
+
+def read_or_none(path: bytes) -> bytes | None:
+    """A file's bytes, read in Python (a TensorFlow op called from Python costs a small file more
+    than reading it), from disk or object storage; None when it cannot be read, which
+    `decode.diagnose` then explains."""
+    try:
+        if is_url(path):
+            return read_bytes(path.decode())
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None

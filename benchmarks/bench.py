@@ -40,11 +40,11 @@ sys.path.insert(0, HERE)
 import corpora  # noqa: E402
 import engines  # noqa: E402
 from batch_infer import parallel  # noqa: E402
-from batch_infer.decoding import DecodeOptions  # noqa: E402
+from batch_infer.decode.options import DecodeOptions  # noqa: E402
 from batch_infer.heads import Classification  # noqa: E402
 from batch_infer.listing import list_images  # noqa: E402
 from batch_infer.model import load_model  # noqa: E402
-from batch_infer.pipeline import batches  # noqa: E402
+from batch_infer.decode.pipeline import batches  # noqa: E402
 from batch_infer.tf_import import tf  # noqa: E402
 
 BATCH = 32

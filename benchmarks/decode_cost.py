@@ -8,7 +8,7 @@ the model limit any pipeline can come. For each corpus this times, in one thread
   does);
 - plain decode: read + full decode + antialiased resize, nothing else (the least any pipeline
   with the same model inputs does);
-- batch-infer decode: `decoding.decode` as `run` uses it (header checks, EXIF orientation, scaled
+- batch-infer decode: `decode.graph.decode` as `run` uses it (header checks, EXIF orientation, scaled
   JPEG decode, resize);
 - model: the signature on a batch of pre-decoded tensors, per image (bench.py's model limit with
   one stream).
@@ -30,7 +30,7 @@ import corpora  # noqa: E402
 from bench import BATCH, DECODING, model_for, model_limit  # noqa: E402
 from batch_infer.listing import list_images  # noqa: E402
 from batch_infer.model import load_model  # noqa: E402
-from batch_infer.decoding import decode  # noqa: E402
+from batch_infer.decode.graph import decode  # noqa: E402
 from batch_infer.tf_import import tf  # noqa: E402
 
 FILES = {"photos": 300, "camera": 40, "small": 4000, "small-jpeg": 4000}  # enough for a steady figure

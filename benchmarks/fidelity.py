@@ -92,11 +92,11 @@ def throughput(tf) -> list[tuple[str, float, float, float, float]]:
 
 def fidelity(tf) -> list[tuple[str, float, float]]:
     """(mode, mean PSNR in dB, top-1 agreement) of scaled against full JPEG decodes."""
-    from batch_infer.decoding import DecodeOptions, Resize
+    from batch_infer.decode.options import DecodeOptions, Resize
     from batch_infer.heads import Classification
     from batch_infer.listing import list_images
     from batch_infer.model import load_model
-    from batch_infer.pipeline import batches
+    from batch_infer.decode.pipeline import batches
     from batch_infer.preprocessing import preprocess
 
     folder = corpora.make_corpus("camera", tf)
@@ -159,7 +159,8 @@ def make_fitted_mobilenet(tf) -> str:
         return path
     import keras
 
-    from batch_infer.decoding import Resize, resized
+    from batch_infer.decode.geometry import resized
+    from batch_infer.decode.options import Resize
     from batch_infer.preprocessing import preprocess
 
     keras.utils.set_random_seed(0)

@@ -19,8 +19,10 @@ import models
 import reference
 from conftest import run_cli
 
-from batch_infer.decoding import DecodeOptions, Resize, decode, jpeg_ratio, scale_target
-from batch_infer.headers import read_header
+from batch_infer.decode.graph import decode
+from batch_infer.decode.options import DecodeOptions, Resize
+from batch_infer.decode.plan import jpeg_ratio, scale_target
+from batch_infer.decode.headers import read_header
 from batch_infer.listing import list_images
 from batch_infer.model import load_model
 

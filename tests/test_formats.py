@@ -275,7 +275,7 @@ def test_pngs_that_may_say_how_to_turn_them_are_found_by_their_chunks():
 
     from PIL import PngImagePlugin
 
-    from batch_infer.headers import png_may_be_turned
+    from batch_infer.decode.headers import png_may_be_turned
 
     image = corpus.picture(3, 16, 16)
 

@@ -9,11 +9,13 @@ import images
 import numpy as np
 import pytest
 
-from batch_infer.decoding import DecodeOptions, Resize, decode, read
+from batch_infer.decode.graph import decode
+from batch_infer.decode.options import DecodeOptions, Resize
+from batch_infer.storage import read
 from batch_infer.listing import list_images
 from batch_infer.model import InputSpec, load_model
 from batch_infer.parallel import ThreadPlan, in_order, plan_for
-from batch_infer.pipeline import batches
+from batch_infer.decode.pipeline import batches
 from batch_infer.tf_import import tf
 
 DECODING = DecodeOptions(max_pixels=10**8, max_file_mb=64, exif_transpose=True, scaled_decode=True)
@@ -84,14 +86,14 @@ def test_batches_decode_as_each_file_alone_would(tmp_path, resize, read_batches)
         arrived.update({int(index): image for index, image in zip(indices, images_.numpy())})
     assert order == [i for i in range(15) if i not in (12, 13)]
     for index, image in arrived.items():
-        np.testing.assert_array_equal(image, decode(read(files[index]), spec, options).numpy())
+        np.testing.assert_array_equal(image, decode(read(files[index].fs_path), spec, options).numpy())
 
 
 def test_small_files_are_read_several_model_batches_at_a_time_and_photos_one():
     """Thumbnails for a small model fill a read batch with many model batches (fewer graph calls
     a file); photos, or a model input as large as a photo, keep one model batch a read."""
     from batch_infer.listing import ListedFile
-    from batch_infer.pipeline import MAX_BATCHES_PER_READ, batches_per_read
+    from batch_infer.decode.pipeline import MAX_BATCHES_PER_READ, batches_per_read
 
     def listing(size):
         return [ListedFile(f"{i}.jpg", b"/%d.jpg" % i, size=size) for i in range(5000)]
@@ -109,7 +111,7 @@ def test_a_batch_with_no_file_for_the_graph_decodes_to_nothing_without_failing()
     read; it must not fail, which would send it down the slow way, file by file."""
     from PIL import Image
 
-    from batch_infer.pipeline import BytesDecoder
+    from batch_infer.decode.pipeline import BytesDecoder
 
     tiff = io.BytesIO()
     Image.fromarray(images.random_pixels(1, 20, 20)).save(tiff, format="TIFF")
@@ -123,7 +125,7 @@ def test_a_batch_with_files_that_fail_to_decode_loses_only_those_files():
     """Files whose header passes but whose data is broken fail the whole batch; it is done again
     in parts, and a part that fails file by file. Three broken files, two of them in one part,
     leave three gaps; every other file has exactly its model input of being decoded alone."""
-    from batch_infer.pipeline import BytesDecoder
+    from batch_infer.decode.pipeline import BytesDecoder
 
     spec = InputSpec(False, (16, 16), 3, tf.float32, "raw")
     good = [tf.io.encode_png(images.random_pixels(i, 24, 20)).numpy() if i % 2

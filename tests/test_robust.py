@@ -31,8 +31,10 @@ import models
 from conftest import read_output, skip_or_fail
 from batch_infer.cli import main
 from batch_infer.listing import ListedFile
-from batch_infer import decoding, headers
-from batch_infer.decoding import DecodeOptions, decode, diagnose
+from batch_infer.decode import diagnose as diagnosis, headers
+from batch_infer.decode.diagnose import diagnose
+from batch_infer.decode.graph import decode
+from batch_infer.decode.options import DecodeOptions
 from batch_infer.model import InputSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -391,4 +393,4 @@ def test_jpeg_size_is_the_frame_headers_as_libjpeg_reads_it():
         assert header.pixels == width * height
     bomb = DecodeOptions(width * height - 1, corpus.MAX_FILE_MB, exif_transpose=True, scaled_decode=True)
     item = ListedFile("thumbnail.jpg", b"", size=len(with_thumbnail))
-    assert decoding.rescue(item, with_thumbnail, pixels_spec(16, 16), bomb)[1] == f"too-large: {width}x{height}"
+    assert diagnosis.rescue(item, with_thumbnail, pixels_spec(16, 16), bomb)[1] == f"too-large: {width}x{height}"

@@ -241,9 +241,10 @@ def test_urls_in_a_job_file_stay_urls_and_missing_places_are_refused(s3, tmp_pat
 
 
 def test_unreadable_object_becomes_a_read_error_row(s3):
-    from batch_infer.decoding import DecodeOptions, diagnose
+    from batch_infer.decode.diagnose import diagnose
+    from batch_infer.decode.options import DecodeOptions
     from batch_infer.model import InputSpec
-    from batch_infer.pipeline import batches
+    from batch_infer.decode.pipeline import batches
     from batch_infer.tf_import import tf
 
     fs = s3_filesystem()

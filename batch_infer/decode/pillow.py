@@ -2,10 +2,10 @@
 
 TensorFlow has no decoder for TIFF, HEIC or AVIF, refuses 1- and 4-bit, 16-bit, RLE and OS/2
 BMPs, some GIFs, and cannot read the orientation of a PNG or WebP. Such files drop out of the
-graph like broken ones, and before one is called broken, `decoding.rescue` asks Pillow, off the
+graph like broken ones, and before one is called broken, `diagnose.rescue` asks Pillow, off the
 hot path: a well-kept library that reads what image viewers read. Pixels come back as stored
 formats give them to the graph's decoders (uint8, 1 to 4 channels, upright), so the same
-`decoding.model_input` makes them model inputs.
+`geometry.model_input` makes them model inputs.
 
 Only the formats named in FORMATS are opened: Pillow has plugins (EPS, for one, which runs
 Ghostscript) that have no business reading files from an untrusted folder.
@@ -83,7 +83,7 @@ def pixels(data: bytes, max_pixels: int, exif_transpose: bool) -> np.ndarray:
 
 
 def _array(image: Image.Image, transparent_index: int | None = None) -> np.ndarray:
-    """Gray, gray+alpha, RGB or RGBA uint8, the channel layouts `decoding._channels` takes.
+    """Gray, gray+alpha, RGB or RGBA uint8, the channel layouts `geometry.to_channels` takes.
 
     16-bit and 32-bit integer images keep their high byte, as TensorFlow's PNG decoder does
     (Pillow's own conversion would clip them to white); float images are clipped to 0..255.

@@ -7,7 +7,7 @@ EXIF orientation tag that TensorFlow's decoders ignore. Formats are told apart e
 TensorFlow's decode_image_op.cc), so the size checked here is the size of what would be decoded.
 
 Plain Python over the first bytes of the file (and a walk over a JPEG's segments, a GIF's
-blocks): the pipeline reads the headers of a batch of files in one call (`decoding.read_batch`),
+blocks): the pipeline reads the headers of a batch of files in one call (`graph.plan_batch`),
 and a few microseconds of Python per file cost far less than the hundred-odd small TensorFlow
 ops that the same parse takes in a graph, each of which tf.data pays for on every call. Only the
 two fixes that must edit bytes on their way to TensorFlow's decoders are graph ops.
@@ -18,13 +18,13 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from .tf_import import tf
+from ..tf_import import tf
 
 UNKNOWN, JPEG, PNG, GIF, BMP, WEBP, TIFF, HEIF = range(8)
 
 # What each format starts with, and which format that is; "?" matches any byte (the RIFF chunk
 # size, the ftyp box size). TIFF and HEIF (an ISO base media file: HEIC, HEIF, AVIF) have no
-# TensorFlow decoder: they are recognised so that they reach the Pillow fallback (`decoding`).
+# TensorFlow decoder: they are recognised so that they reach the Pillow fallback (`pillow`).
 _MAGIC = ((b"\xff\xd8\xff", JPEG), (b"\x89PNG\r\n\x1a\n", PNG), (b"GIF8", GIF), (b"BM", BMP),
           (b"RIFF????WEBP", WEBP), (b"II*\0", TIFF), (b"MM\0*", TIFF), (b"II+\0", TIFF),
           (b"MM\0+", TIFF), (b"????ftyp", HEIF))  # the TIFF four: TIFF, BigTIFF
@@ -48,7 +48,7 @@ class Header(NamedTuple):
     """Declared facts about one file; zeros for an unknown format."""
 
     format: int  # UNKNOWN, JPEG, PNG, GIF, BMP, WEBP, TIFF or HEIF
-    width: int  # 0 when unknown here (TIFF and HEIF: Pillow reads it, see `fallback`)
+    width: int  # 0 when unknown here (TIFF and HEIF: Pillow reads it, see `pillow`)
     height: int
     frames: int
     pixels: int  # what decoding holds in memory: width x height, or all GIF frames

@@ -1,7 +1,7 @@
 """The tf.data pipeline: read, decode and batch files, keeping each image's file index.
 
 A file that cannot be read or decoded, or that fails a limit, is dropped by `ignore_errors` and
-shows up as a gap in the indices; `decoding.diagnose` then finds out why, so one bad file never
+shows up as a gap in the indices; `diagnose.diagnose` then finds out why, so one bad file never
 stops the stream and never shifts another file's prediction onto it.
 """
 
@@ -9,29 +9,44 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from . import parallel, storage
-from .decoding import NOT_IN_GRAPH, DecodeOptions, Plan, decode_batch, file_facts, read_batch, read_or_none
-from .listing import ListedFile
-from .model import InputSpec
-from .tf_import import tf
+from .. import parallel, storage
+from ..listing import ListedFile
+from ..model import InputSpec
+from ..tf_import import tf
+from .graph import decode_batch, file_facts, plan_batch
+from .options import DecodeOptions
+from .plan import NOT_IN_GRAPH, Plan
+
+
+class DecodedBatch(NamedTuple):
+    """Files decoded as one batch, as both engines hand them to the scorer: where they are
+    (indices into the listing in `batches`, positions among the bytes given to `BytesDecoder`),
+    their model inputs in that order (None when none decoded), and their facts by name (width,
+    height, content_hash; see `graph.file_facts`). Files missing from `positions` dropped out."""
+
+    positions: np.ndarray
+    images: tf.Tensor | None
+    facts: dict[str, np.ndarray]
+
+
+NONE_DECODED = DecodedBatch(np.array([], np.int64), None, {})
 
 
 def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
             plan: parallel.ThreadPlan | None = None,
-            read_batches: int | None = None) -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
-    """Yields (file indices, their model inputs, the files' facts as arrays by name, see
-    `decoding.file_facts`) a read batch at a time, in file order; failed files leave gaps. A read
+            read_batches: int | None = None) -> Iterator[DecodedBatch]:
+    """Yields the decoded files by their indices in `files`, a read batch at a time, in file order; failed files leave gaps. A read
     batch holds up to `read_batches` model batches of `batch_size` files (by default
     `batches_per_read`): the model is called a model batch at a time (`scorer.Scorer`).
 
     `plan` (by default the CPU plan for this machine) sets the decode threads, and how many
     batches wait ready: one per model stream, and one more.
 
-    `files` are those `decoding.unread_reason` lets through (tf.io.read_file reads a whole file
+    `files` are those `diagnose.unread_reason` lets through (tf.io.read_file reads a whole file
     into memory, so oversized files must not come here). Files are read, their headers parsed
     and their pixels decoded a read batch at a time inside tf.data (`_read_and_decoded`); a read
     batch that fails (a file that cannot be read, or decoded) is done again in smaller parts, so
@@ -46,7 +61,7 @@ def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: 
         for missing in range(done, number):
             yield from _again(files, missing * read_size, read_size, again)
         if len(index_batch):  # not every file left to Pillow or failing a check
-            yield index_batch, images, facts
+            yield DecodedBatch(index_batch, images, facts)
         done = number + 1
     for missing in range(done, -(-len(files) // read_size)):
         yield from _again(files, missing * read_size, read_size, again)
@@ -98,7 +113,7 @@ def _read_and_decoded(files: list[ListedFile], spec: InputSpec, read_size: int, 
 def decoded_batch(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, tf.Tensor, dict]:
     """(positions of the files the graph decodes, their model inputs, their facts) of a batch of
     file contents: files that fail a check or are left to Pillow leave it before decoding."""
-    planned, content_hash = read_batch(data, spec, options)
+    planned, content_hash = plan_batch(data, spec, options)
     kept = planned[:, Plan._fields.index("branch")] != NOT_IN_GRAPH
     planned, content_hash = tf.boolean_mask(planned, kept), tf.boolean_mask(content_hash, kept)
     return (tf.where(kept)[:, 0], decode_batch(tf.boolean_mask(data, kept), planned, spec, options),
@@ -125,14 +140,13 @@ def _numpy(dataset: tf.data.Dataset) -> Iterator[tuple]:
         yield (*(number.numpy() for number in numbers), images, {name: value.numpy() for name, value in facts.items()})
 
 
-def _again(files: list[ListedFile], first: int, read_size: int,
-           decode: "BytesDecoder") -> Iterator[tuple[np.ndarray, tf.Tensor, dict]]:
+def _again(files: list[ListedFile], first: int, read_size: int, decode: BytesDecoder) -> Iterator[DecodedBatch]:
     """The read batch from file `first` on, which failed in tf.data, read and decoded again in
     smaller batches (`BytesDecoder.__call__`), unless none of it decodes; the files that fail
-    again leave gaps, which `decoding.diagnose` explains."""
+    again leave gaps, which `diagnose.diagnose` explains."""
     positions, images, facts = decode.readable(decode.read(files[first:first + read_size]), failed=True)
     if len(positions):
-        yield first + positions, images, facts
+        yield DecodedBatch(first + positions, images, facts)
 
 
 def _fetched(files: list[ListedFile]) -> tf.data.Dataset:
@@ -161,23 +175,21 @@ class BytesDecoder:
 
     def read(self, files: list[ListedFile]) -> list[bytes | None]:
         """The files' contents, read side by side on the pool; None for one that cannot be read."""
-        return list(self.pool.map(read_or_none, files))
+        return list(self.pool.map(storage.read_or_none, [item.fs_path for item in files]))
 
-    def readable(self, data: list[bytes | None], failed: bool = False
-                 ) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
+    def readable(self, data: list[bytes | None], failed: bool = False) -> DecodedBatch:
         """`batch` of the files of `data` that could be read (None: not), positions among all of
         `data`; with `failed`, for files that already failed as one batch, straight in parts."""
         readable = np.array([i for i, one in enumerate(data) if one is not None], np.int64)
         positions, images, facts = (self if failed else self.batch)([data[i] for i in readable])
-        return readable[positions], images, facts
+        return DecodedBatch(readable[positions], images, facts)
 
-    def batch(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
-        """(positions that decoded, their model inputs as one batch, their facts by name), in
-        one call; as a call (in parts) when a file fails it."""
+    def batch(self, files: list[bytes]) -> DecodedBatch:
+        """The files decoded in one call; as a call (in parts) when a file fails it."""
         decoded = self._tried(files)
-        return decoded if decoded[1] is not None else self(files)
+        return decoded if decoded.images is not None else self(files)
 
-    def __call__(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
+    def __call__(self, files: list[bytes]) -> DecodedBatch:
         """As `batch`, for files of which one or more fail to decode: in parts of about the
         square root of their number, side by side on the pool, and a part that fails file by
         file, so that a failed file drops out alone (a gap in the positions, as in `batches`;
@@ -187,7 +199,7 @@ class BytesDecoder:
         size = max(1, math.isqrt(len(files)))
         parts = [list(range(start, min(start + size, len(files)))) for start in range(0, len(files), size)]
 
-        def tried(groups: list[list[int]]) -> list[tuple[list[int], tuple]]:
+        def tried(groups: list[list[int]]) -> list[tuple[list[int], DecodedBatch]]:
             return list(zip(groups, self.pool.map(lambda group: self._tried([files[i] for i in group]), groups)))
 
         done = tried(parts)
@@ -196,15 +208,15 @@ class BytesDecoder:
                    for part, (positions, images, facts) in sorted(done, key=lambda one: one[0])
                    if images is not None and len(positions)]
         if not decoded:
-            return np.array([], np.int64), None, {}
+            return NONE_DECODED
         positions, images, facts = zip(*decoded)
-        return (np.concatenate(positions), tf.concat(images, 0),
-                {name: np.concatenate([one[name] for one in facts]) for name in facts[0]})
+        return DecodedBatch(np.concatenate(positions), tf.concat(images, 0),
+                            {name: np.concatenate([one[name] for one in facts]) for name in facts[0]})
 
-    def _tried(self, files: list[bytes]) -> tuple[np.ndarray, tf.Tensor | None, dict[str, np.ndarray]]:
-        """`batch` of these files, or (no positions, None, {}) when one of them fails."""
+    def _tried(self, files: list[bytes]) -> DecodedBatch:
+        """`batch` of these files, or NONE_DECODED when one of them fails."""
         try:
             positions, images, facts = self.batch_function(tf.constant(files, tf.string))
         except tf.errors.OpError:
-            return np.array([], np.int64), None, {}
-        return positions.numpy(), images, {name: value.numpy() for name, value in facts.items()}
+            return NONE_DECODED
+        return DecodedBatch(positions.numpy(), images, {name: value.numpy() for name, value in facts.items()})
