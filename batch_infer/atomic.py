@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from typing import IO, Callable
 
+from .layout import temporary as temporary_of
+
 
 def fsync_directory(path: str) -> None:
     descriptor = os.open(path, os.O_RDONLY)
@@ -19,8 +21,8 @@ def fsync_directory(path: str) -> None:
 def write_atomically(dest: str, write: Callable[[IO], None], text: bool = False) -> None:
     """Calls `write` on a temporary file next to `dest`, then renames it into place, so that a
     reader never sees half a file and a crash leaves the old file or the new one."""
-    folder, name = os.path.split(os.path.abspath(dest))
-    temporary = os.path.join(folder, f".{name}.tmp")
+    folder = os.path.dirname(os.path.abspath(dest))
+    temporary = temporary_of(dest)
     with open(temporary, "w" if text else "wb", **({"encoding": "utf-8", "newline": ""} if text else {})) as handle:
         write(handle)
         handle.flush()

@@ -21,6 +21,7 @@ import time
 
 from . import storage
 from .config import ConfigError
+from .layout import lock_file
 from .progress import log
 
 
@@ -34,7 +35,7 @@ def output_lock(output: str, shard_tag: str):
 
 class OutputLock:
     def __init__(self, output: str, shard_tag: str):
-        self.path = os.path.join(output, f".lock-{shard_tag}")
+        self.path = lock_file(output, shard_tag)
         self.descriptor: int | None = None
 
     def __enter__(self) -> "OutputLock":

@@ -1,8 +1,7 @@
 """Reading an output dataset back, locally or in object storage.
 
 Resume, `report` and `export` all read OUT through `read_parts`, so they agree on what a part is
-(`part-*.parquet`; names starting with `.` or `_` are unfinished parts or bookkeeping) and all
-work on s3://, gs://... outputs.
+(`layout.PART_GLOB`) and all work on s3://, gs://... outputs.
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .config import ConfigError
-
-PART_GLOB = "part-*.parquet"
-METADATA_PREFIX = b"batch_infer."
+from .layout import METADATA_PREFIX, PART_GLOB
 
 
 def part_files(output: str) -> tuple[list[str], object]:

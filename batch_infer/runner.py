@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from . import __version__, fingerprint, storage
 from .config import RunConfig
+from .layout import part_prefix, shard_tag
 from .listing import ListedFile, in_shard, list_input
 from .lock import output_lock
 from .native_stderr import decoder_lines_logged
@@ -92,10 +93,6 @@ class StopSignals:
             signal.signal(signum, handler)
 
 
-def shard_tag(config: RunConfig) -> str:
-    return f"{config.shard[0]}of{config.shard[1]}"
-
-
 def plan(listed: list[ListedFile], found: Committed) -> tuple[list[ListedFile], set[str]]:
     """(files to score, the paths among them whose old row must go): files OUT lacks, and files
     whose size or modification time differ from those their row was scored at."""
@@ -158,9 +155,10 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
     local_output = not storage.is_url(config.output)
     if local_output:
         os.makedirs(config.output, exist_ok=True)
-    with output_lock(config.output, shard_tag(config)), StopSignals() as stop:
+    shard = shard_tag(config.shard)
+    with output_lock(config.output, shard), StopSignals() as stop:
         if local_output:
-            remove_stale_temporaries(config.output, shard_tag(config))
+            remove_stale_temporaries(config.output, shard)
         found = committed(config.output)  # again under the lock: another run may have finished
         fingerprint.check(config, found.metadata, log.debug)  # warned above already
         todo, changed = plan(listed, found)
@@ -168,7 +166,7 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
             log.info("%d files changed since they were scored; their rows are replaced", len(changed))
             drop_rows(found, changed)
         schema = pa.schema(list(scorer.schema)[:3] + listing.fields + list(scorer.schema)[3:])
-        writer = PartWriter(config.output, f"{shard_tag(config)}-{run_id}", schema, metadata,
+        writer = PartWriter(config.output, part_prefix(shard, run_id), schema, metadata,
                             max_rows=config.commit_every, clock=clock)
         progress = Progress(len(todo), config.quiet, clock=clock)
         annotate = listing.annotator(todo)

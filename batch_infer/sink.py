@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .atomic import write_atomically
+from .layout import METADATA_PREFIX, part_name, temporary_parts_glob
 from .output import Committed
 
 # A classification row is about 200 bytes, so --commit-every bounds a part; a 1,280-d embedding
@@ -36,7 +37,7 @@ class PartWriter:
                  max_bytes: int = MAX_PENDING_BYTES):
         self.output = output
         self.name_prefix = name_prefix
-        self.schema = schema.with_metadata({f"batch_infer.{k}": v for k, v in metadata.items()})
+        self.schema = schema.with_metadata({METADATA_PREFIX + k.encode(): v for k, v in metadata.items()})
         self.max_rows = max_rows
         self.max_seconds = max_seconds
         self.max_bytes = max_bytes
@@ -74,7 +75,7 @@ class PartWriter:
             return
         table = pa.concat_tables(self.pending).cast(self.schema)
         self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
-        name = f"part-{self.name_prefix}-{self.parts_written:05d}.parquet"
+        name = part_name(self.name_prefix, self.parts_written)
         if storage.is_url(self.output):
             self._put(table, name)
         else:
@@ -120,5 +121,5 @@ def drop_rows(found: Committed, paths: set[str]) -> None:
 
 def remove_stale_temporaries(output: str, shard_tag: str) -> None:
     """Deletes half-written parts left by killed runs of the same shard (we hold its lock)."""
-    for leftover in glob.glob(os.path.join(glob.escape(output), f".part-{shard_tag}-*.tmp")):
+    for leftover in glob.glob(os.path.join(glob.escape(output), temporary_parts_glob(shard_tag))):
         os.remove(leftover)
