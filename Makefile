@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test readme bench airflow-venv chromium clean
+.PHONY: demo test lint readme bench airflow-venv chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff (errors, pyflakes, warnings) over everything; mypy, strict, over the public calls.
+lint: $(STAMP)
+	$(BIN)/ruff check batch_infer tests benchmarks docs jobs sample_data
+	$(BIN)/mypy
 
 # The README's table of run options, regenerated from `batch-infer run --help`.
 readme: $(STAMP)

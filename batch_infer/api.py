@@ -28,7 +28,7 @@ class RunFailed(Exception):
     `batch-infer run` would have returned (3: over --max-error-rate; 130/143: stopped by
     SIGINT/SIGTERM) and `summary` the summary it would have printed."""
 
-    def __init__(self, message: str, summary: dict, exit_code: int):
+    def __init__(self, message: str, summary: dict[str, Any], exit_code: int):
         super().__init__(message)
         self.summary = summary
         self.exit_code = exit_code
@@ -72,7 +72,7 @@ _RUN_ONLY = ("input", "output", "job", "recursive", "extensions", "shard", "max_
              "commit_every", "max_file_mb", "engine", "ray_address", "quiet", "log_format")
 
 
-def score_dataset(dataset, model: str, **options):
+def score_dataset(dataset: Any, model: str, **options: Any) -> Any:
     """Scores a Ray Dataset with columns `bytes` (encoded image files) and `path`, and returns a
     Ray Dataset of rows in the output schema (`path` as given, then status, error, label, score,
     top_k_labels, top_k_indices, top_k_scores, and embedding or output_KEY when asked for): one
@@ -184,7 +184,7 @@ def report(out: str, html: str, input: str | None = None, truth: str | None = No
     Raises:
         ConfigError: OUT or `input` cannot be read, or the review cannot be made.
     """
-    return reported(out, html=html, input=input, truth=truth)["report"]
+    return str(reported(out, html=html, input=input, truth=truth)["report"])
 
 
 def reported(out: str, **options: Any) -> dict[str, Any]:

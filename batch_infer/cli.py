@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 from . import __version__
 from .config import COMMAND_OPTIONS, ConfigError, add_run_arguments, add_options, build_config
@@ -22,7 +22,7 @@ OUT_HELP = "output directory of a batch-infer run"
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage, so every error is one sentence."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{message[0].upper()}{message[1:]}; see `{self.prog} --help`.")
 
 
@@ -31,11 +31,11 @@ class Command:
     name: str
     help: str
     description: str  # ends with an example
-    handler: Callable[[dict], int]  # the given options (and the positional) to an exit code
+    handler: Callable[[dict[str, Any]], int]  # the given options (and the positional) to an exit code
     positional: tuple[str, str, str] | None = None  # (name, metavar, help)
 
 
-def _run(given: dict) -> int:
+def _run(given: dict[str, Any]) -> int:
     config = build_config(given)
     setup_logging(config.log_format, config.quiet)
     from .runner import run
@@ -48,7 +48,7 @@ def _run(given: dict) -> int:
     return code
 
 
-def _inspect(given: dict) -> int:
+def _inspect(given: dict[str, Any]) -> int:
     from .api import inspect
 
     as_json = given.pop("json", False)
@@ -66,7 +66,7 @@ def _inspect(given: dict) -> int:
     return EXIT_OK
 
 
-def _review(given: dict) -> int:
+def _review(given: dict[str, Any]) -> int:
     from .api import reviewed
 
     as_json = given.pop("json", False)
@@ -76,14 +76,14 @@ def _review(given: dict) -> int:
     return EXIT_OK
 
 
-def _report(given: dict) -> int:
+def _report(given: dict[str, Any]) -> int:
     from .api import reported
 
     print(json.dumps(reported(given.pop("out"), **given)), flush=True)
     return EXIT_OK
 
 
-def _export(given: dict) -> int:
+def _export(given: dict[str, Any]) -> int:
     from .api import export
 
     print(json.dumps(export(given.pop("out"), **given)), flush=True)
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = vars(build_parser().parse_args(argv))
         del args["command"]
-        return args.pop("handler")(args)
+        handler: Callable[[dict[str, Any]], int] = args.pop("handler")
+        return handler(args)
     except ConfigError as error:
         print(f"batch-infer: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -10,7 +10,7 @@ import importlib.util
 import os
 import tomllib
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import storage
 
@@ -125,7 +125,7 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
     def parse(name: str, value: Any) -> str:
         if value not in choices:
             raise ConfigError(f"{_flag(name)} must be one of {', '.join(choices)}; got {value!r}.")
-        return value
+        return str(value)
 
     return parse
 
@@ -239,7 +239,7 @@ class Option:
     choices: tuple[str, ...] | None = None  # for argparse to check and list (export's, as before)
 
 
-OPTIONS = (
+OPTIONS: tuple[Option, ...] = (
     Option("model", "SavedModel directory, or a Keras .keras or .h5 file", _text, "MODEL", changes_values=False),
     Option("input", "directory of images to score, an s3://, gs://... URL, or a manifest file "
            "(.csv, .tsv, .parquet, .jsonl, or .txt with one path a line) naming the files",
@@ -411,7 +411,7 @@ def parse_command_options(command: str, values: dict[str, Any]) -> dict[str, Any
     return {name: options[name].parse(name, value) for name, value in values.items() if value is not None}
 
 
-def add_options(parser: argparse.ArgumentParser, options) -> None:
+def add_options(parser: argparse.ArgumentParser, options: Iterable[Option | str]) -> None:
     """Adds the options (names of run options, or Options), with the same flags and help text
     everywhere; unset flags stay absent."""
     for option in (OPTIONS_BY_NAME[entry] if isinstance(entry, str) else entry for entry in options):

@@ -154,10 +154,10 @@ class Scorer:
         tables = [self.error_rows([path for path, _ in failed], [reason for _, reason in failed])] if failed else []
         if arrived:
             tables.extend(self._scored([items[i].path for i in arrived], decoded.images, TENSORFLOW, decoded.facts))
-        decoded = [(items[i].path, pixels) for i, (pixels, _) in zip(missing, rescued) if pixels is not None]
-        if decoded:
-            tables.extend(self._scored([path for path, _ in decoded],
-                                       self.model_inputs([pixels for _, pixels in decoded]), PILLOW))
+        by_pillow = [(items[i].path, pixels) for i, (pixels, _) in zip(missing, rescued) if pixels is not None]
+        if by_pillow:
+            tables.extend(self._scored([path for path, _ in by_pillow],
+                                       self.model_inputs([pixels for _, pixels in by_pillow]), PILLOW))
         return pa.concat_tables(tables) if tables else self.error_rows([], [])
 
     def _scored(self, paths: list[str], images, decoder: str,

@@ -105,7 +105,8 @@ def main() -> None:
     for row in rows:
         by_path.setdefault(row["path"], []).append(row)
     listed = sorted(os.path.relpath(os.path.join(d, f), args.folder).replace(os.sep, "/")
-                    for d, _, names in os.walk(args.folder) for f in names if f.lower().endswith(tuple("." + e for e in EXTENSIONS)))
+                    for d, _, names in os.walk(args.folder) for f in names
+                    if f.lower().endswith(tuple("." + e for e in EXTENSIONS)))
     loads, matched, matched_plain, disagree, not_loaded_ok = 0, 0, 0, [], 0
     for path in listed:
         full = os.path.join(args.folder, path)
@@ -138,7 +139,8 @@ def main() -> None:
         "ok_though_pillow_fails": not_loaded_ok, "rows_by_decoder": decoders,
         "bare_decoder_lines_on_stderr": len(bare), "bare_lines": bare[:10],
         "other_stderr_lines": [line for line in run.stderr.splitlines()
-                               if not line.startswith("batch-infer: ")][:10], "summary": json.loads(run.stdout.strip().splitlines()[-1]),
+                               if not line.startswith("batch-infer: ")][:10],
+        "summary": json.loads(run.stdout.strip().splitlines()[-1]),
         "elapsed_s": round(elapsed, 1), "peak_rss_mb": round(peak_rss_mb), "disagree": disagree,
     }, indent=1))
 

@@ -39,8 +39,8 @@ NONE_DECODED = DecodedBatch(np.array([], np.int64), None, {})
 def batches(files: list[ListedFile], spec: InputSpec, batch_size: int, options: DecodeOptions,
             plan: parallel.ThreadPlan | None = None,
             read_batches: int | None = None) -> Iterator[DecodedBatch]:
-    """Yields the decoded files by their indices in `files`, a read batch at a time, in file order; failed files leave gaps. A read
-    batch holds up to `read_batches` model batches of `batch_size` files (by default
+    """Yields the decoded files by their indices in `files`, a read batch at a time, in file
+    order; failed files leave gaps. A read batch holds up to `read_batches` model batches of `batch_size` files (by default
     `batches_per_read`): the model is called a model batch at a time (`scorer.Scorer`).
 
     `plan` (by default the CPU plan for this machine) sets the decode threads, and how many
