@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,12 +15,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+from support import images, models
 
-import images  # noqa: E402
-import models  # noqa: E402
-
-from batch_infer.cli import main  # noqa: E402
+from batch_infer.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_MODEL = os.path.join(REPO, "sample_data", "digits_model")
@@ -114,6 +110,14 @@ def read_output(out: str, columns: list[str] | None = None) -> pd.DataFrame:
         if pa.types.is_floating(column.type):
             assert not pc.any(pc.is_nan(column)).as_py(), f"{name} holds NaN values; a missing value is null"
     return table.to_pandas().sort_values("path", ignore_index=True, kind="stable")
+
+
+def read_metadata(out: str) -> dict[str, str]:
+    """The `batch_infer.*` key-value metadata of OUT's parts, without the prefix, as
+    pyarrow.dataset gives it (from the first part)."""
+    metadata = ds.dataset(out, format="parquet").schema.metadata
+    return {key.decode().removeprefix("batch_infer."): value.decode() for key, value in metadata.items()
+            if key.startswith(b"batch_infer.")}
 
 
 def skip_or_fail(message: str) -> None:

@@ -9,10 +9,9 @@ from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 
-from conftest import invoke, read_output
+from conftest import invoke, read_metadata, read_output
 
 @pytest.fixture(scope="module")
 def scored(scored_sample):
@@ -65,7 +64,7 @@ def test_label_studio_tasks_carry_the_top_1_prediction(scored, tmp_path, capsys)
     code, summary, _ = export(capsys, out, "--format", "label-studio", "--dest", str(dest))
     assert code == 0 and summary["exported"] == 21
     tasks = json.loads(dest.read_text())
-    run_id = ds.dataset(out).schema.metadata[b"batch_infer.run_id"].decode()
+    run_id = read_metadata(out)["run_id"]
     prefix = "/data/local-files/?d="
     assert [unquote(task["data"]["image"].removeprefix(prefix)) for task in tasks] == ok.path.tolist()
     assert f"{prefix}with%20space/%3Cb%3Eodd%20%26%20%27name%27.png" in [t["data"]["image"] for t in tasks]

@@ -15,9 +15,8 @@ import pyarrow.dataset as ds
 import pytest
 import tensorflow as tf
 
-import models
-import reference
-from conftest import run_cli
+from support import models, reference
+from conftest import read_metadata, run_cli
 
 from batch_infer.decode.graph import decode
 from batch_infer.decode.options import DecodeOptions, Resize
@@ -36,7 +35,7 @@ PHOTOS = {"tall_turned.jpg": (24, 40, 6), "wide_upside_down.jpg": (28, 50, 3),
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """(folder, {name: upright uint8 pixels as the reference sees them, unturned pixels})."""
-    import images
+    from support import images
 
     root = tmp_path_factory.mktemp("photos")
     pixels = {}
@@ -126,14 +125,6 @@ def _scores(out: str) -> dict[str, np.ndarray]:
     return result
 
 
-def _metadata(out: str) -> dict[str, str]:
-    part = next(name for name in os.listdir(out) if name.startswith("part-"))
-    import pyarrow.parquet as pq
-
-    return {key.decode().removeprefix("batch_infer."): value.decode() for key, value in
-            pq.read_schema(os.path.join(out, part)).metadata.items() if key != b"ARROW:schema"}
-
-
 def test_preset_imagenet_end_to_end(photos, float_model, tmp_path, capsys):
     folder, pixels = photos
     code, summary, err = run_cli(capsys, "--model", float_model, "--input", folder, "--output",
@@ -144,7 +135,7 @@ def test_preset_imagenet_end_to_end(photos, float_model, tmp_path, capsys):
     for name, (upright, _) in pixels.items():
         expected = reference.scale(reference.model_input(upright, SIZE, "crop", 0.875, "bicubic", True), "torch")
         np.testing.assert_allclose(scores[name], _direct(model, expected)["probabilities"], atol=1e-5)
-    metadata = _metadata(str(tmp_path / "out"))
+    metadata = read_metadata(str(tmp_path / "out"))
     assert {key: metadata[key] for key in ("preset", "resize", "crop_fraction", "interpolation",
                                            "antialias", "preprocess", "decoder")} == {
         "preset": "imagenet", "resize": "crop", "crop_fraction": "0.875", "interpolation": "bicubic",
@@ -173,7 +164,7 @@ def test_preset_keras_equals_image_dataset_from_directory(photos, float_model, t
     assert sorted(names) == sorted(scores)
     for name, row in zip(names, expected):
         np.testing.assert_allclose(scores[name], row, atol=1e-5, err_msg=name)
-    metadata = _metadata(out)
+    metadata = read_metadata(out)
     assert (metadata["preset"], metadata["decoder"], metadata["exif_transpose"], metadata["antialias"],
             metadata["resize"]) == ("keras", "keras", "false", "false", resize)
 

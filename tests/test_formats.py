@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps, features
 
-import corpus
+from support import corpus
 from batch_infer.cli import main
 
 SIZE = 16

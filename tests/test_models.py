@@ -16,8 +16,8 @@ import pyarrow.dataset as ds
 import pytest
 import tensorflow as tf
 
-import models
-from conftest import run_cli
+from support import models
+from conftest import read_metadata, run_cli
 from test_errors import assert_refused
 from batch_infer import api
 from batch_infer.config import build_config
@@ -62,11 +62,6 @@ def rows_by_path(output: str) -> dict[str, dict]:
     return {row["path"]: row for row in table(output).to_pylist()}
 
 
-def metadata(output: str) -> dict[str, str]:
-    return {key.decode().removeprefix("batch_infer."): value.decode()
-            for key, value in ds.dataset(output, format="parquet").schema.metadata.items()}
-
-
 def pooled(value: np.ndarray) -> np.ndarray:
     return value.mean(axis=tuple(range(1, value.ndim - 1))) if value.ndim > 2 else value
 
@@ -107,7 +102,7 @@ def test_keras_files_give_classes_and_layer_embeddings_of_direct_calls(
         assert row["top_k_indices"] == order.tolist()
         np.testing.assert_allclose(row["top_k_scores"], probs[0][order], atol=1e-5)
 
-    meta = metadata(output)
+    meta = read_metadata(output)
     assert meta["model_format"] == "keras" and "signature" not in meta
     assert meta["embedding_dim"] == str(len(expected)) and meta["output_key"] == "probs"
     assert meta["embedding_pooling"] == ("global average over 14x14 positions" if is_map else "none")
@@ -172,7 +167,7 @@ def test_signature_features_next_to_classes_equal_direct_calls(probs_features_ou
         np.testing.assert_allclose(row["output_probs"], direct["probs"], atol=1e-5)
         assert row["output_brightness"] == pytest.approx(float(direct["brightness"]), abs=1e-5)
         assert row["top_k_indices"][0] == int(np.argmax(direct["probs"]))
-    meta = metadata(output)
+    meta = read_metadata(output)
     assert (meta["embedding_key"], meta["embedding_dim"], meta["output_key"]) == ("features", "8", "probs")
     assert meta["embedding_source"] == "output 'features' of signature 'serving_default'"
     assert meta["task"] == "classify" and meta["model_format"] == "saved_model"
@@ -226,7 +221,7 @@ def test_headless_extractors_write_vectors_not_classes(model_files, image_dir, t
         result = table(output)
         assert head_columns(result) == ["path", "status", "error", "embedding"]
         assert result.schema.field("embedding").type == pa.list_(pa.float32(), dim)
-        assert metadata(output)["task"] == "embed"
+        assert read_metadata(output)["task"] == "embed"
     rows = rows_by_path(output)
     assert rows.pop(BROKEN)["embedding"] is None
     extractor = keras.saving.load_model(model_files["extractor.keras"], compile=False)

@@ -5,7 +5,7 @@ import io
 import threading
 import time
 
-import images
+from support import images
 import numpy as np
 import pytest
 

@@ -13,7 +13,7 @@ import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
-import browser
+from support import browser
 from batch_infer.cli import main
 from conftest import BROKEN_NAME as BROKEN, ODD_NAME as ODD, invoke
 from batch_infer.heads import Classification

@@ -225,7 +225,7 @@ def test_truth_from_a_kept_manifest_column(labelled, tmp_path, capsys):
 
 
 def test_report_with_truth_has_a_review_section_in_chromium(labelled, tmp_path, capsys):
-    import browser
+    from support import browser
 
     images, out, flipped, _, mixed = labelled
     page = tmp_path / "report.html"

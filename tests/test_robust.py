@@ -19,16 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-import corpus
-import models
-from conftest import read_output, skip_or_fail
+from support import corpus, models
+from conftest import read_metadata, read_output, skip_or_fail
 from batch_infer.cli import main
 from batch_infer.listing import ListedFile
 from batch_infer.decode import diagnose as diagnosis, headers
@@ -77,9 +75,9 @@ def test_every_file_gives_one_row_with_its_reason(tmp_path, model):
     wrong = {row["path"]: (row["status"], row["error"]) for row in rows
              if not _matches(row, expected[row["path"]])}
     assert wrong == {}
-    metadata = ds.dataset(output).schema.metadata
-    assert metadata[b"batch_infer.exif_transpose"] == b"true"
-    assert metadata[b"batch_infer.max_pixels"] == str(corpus.MAX_PIXELS).encode()
+    metadata = read_metadata(output)
+    assert metadata["exif_transpose"] == "true"
+    assert metadata["max_pixels"] == str(corpus.MAX_PIXELS)
 
 
 def _matches(row: dict, expectation: str) -> bool:
@@ -216,8 +214,7 @@ def test_no_exif_transpose_scores_pixels_as_stored(tmp_path, model):
         output = str(tmp_path / flag)
         assert run("--model", model, "--input", str(root), "--output", output, flag) == 0
         rows[flag] = read_output(output).set_index("path")
-        assert ds.dataset(output).schema.metadata[b"batch_infer.exif_transpose"] == (
-            b"true" if flag == "--exif-transpose" else b"false")
+        assert read_metadata(output)["exif_transpose"] == ("true" if flag == "--exif-transpose" else "false")
     turned, as_stored = rows["--exif-transpose"], rows["--no-exif-transpose"]
     assert (turned.status == "ok").all() and (as_stored.status == "ok").all()
     for orientation in range(1, 9):

@@ -7,12 +7,11 @@ import os
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 import tensorflow as tf
 
-import images
-from conftest import SAMPLE_IMAGES, SAMPLE_MODEL, read_output, run_cli
+from support import images
+from conftest import SAMPLE_IMAGES, SAMPLE_MODEL, read_metadata, read_output, run_cli
 
 CAFFE_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 
@@ -88,9 +87,9 @@ def test_scores_equal_direct_signature_calls(case, model_dir, image_dir, tmp_pat
     assert broken["status"] == "error" and broken["error"].startswith(("decode: ", "model: "))
     assert pd.isna(broken["label"]) and pd.isna(broken["score"])
 
-    metadata = ds.dataset(output, format="parquet").schema.metadata
-    assert metadata[b"batch_infer.activation"].decode() == activation
-    assert metadata[b"batch_infer.signature"].decode() == signature
+    metadata = read_metadata(output)
+    assert metadata["activation"] == activation
+    assert metadata["signature"] == signature
     for path, row in rows.items():
         expected = direct_scores(model, signature, os.path.join(image_dir, path), size, channels,
                                  dtype, preprocess, activation)
@@ -189,5 +188,4 @@ def test_large_jpegs_decode_at_reduced_scale_unless_turned_off(scaled, model_dir
     expected = tf.saved_model.load(model_dir["float"]).signatures["serving_default"](images=batch)
     np.testing.assert_allclose(row["top_k_scores"], np.sort(expected["probabilities"].numpy()[0])[::-1],
                                atol=1e-5)
-    metadata = ds.dataset(str(tmp_path / "out"), format="parquet").schema.metadata
-    assert metadata[b"batch_infer.scaled_decode"] == (b"true" if scaled else b"false")
+    assert read_metadata(str(tmp_path / "out"))["scaled_decode"] == ("true" if scaled else "false")

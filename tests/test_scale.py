@@ -15,11 +15,10 @@ import os
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 
-import images
-from conftest import SAMPLE_MODEL, invoke, missing, read_output, run_cli
+from support import images
+from conftest import SAMPLE_MODEL, invoke, missing, read_metadata, read_output, run_cli
 from batch_infer.cli import main
 from batch_infer import api
 from batch_infer.config import ConfigError, build_config
@@ -134,9 +133,8 @@ def test_ray_engine_gives_the_local_table_row_for_row(ray_cluster, corrupt_dir, 
     assert_same_rows(rows, baseline)
     assert set(rows.path[rows.status == "error"]) == CORRUPT
     assert all(name.startswith("part-") or name.startswith(".") for name in os.listdir(output))
-    metadata = {key.decode(): value.decode()
-                for key, value in ds.dataset(output, format="parquet").schema.metadata.items()}
-    assert metadata["batch_infer.engine"] == "ray" and metadata["batch_infer.signature"] == "serving_default"
+    metadata = read_metadata(output)
+    assert metadata["engine"] == "ray" and metadata["signature"] == "serving_default"
 
     code, summary, err = run_cli(capsys, "--model", SAMPLE_MODEL, "--input", corrupt_dir,
                                  "--output", output, "--engine", "ray", "--quiet")

@@ -17,7 +17,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-import images
+from support import images
 from conftest import REPO, SAMPLE_IMAGES, SAMPLE_MODEL, read_output, run_cli
 
 

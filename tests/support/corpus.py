@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from images import random_pixels
+from .images import random_pixels
 
 # The limits the end-to-end run uses, small so that the bombs stay small.
 MAX_PIXELS = 1_000_000

@@ -163,7 +163,7 @@ def write_level_photos(root, per_class: int, folders=LEVEL_LABELS, seed: int = 7
                        uniform: bool = False) -> str:
     """Non-square PNGs (2:1 and 1:2): the centre square at the class's level, the sides at the
     opposite level, so only a centre crop shows the class (or, `uniform`, all at its level)."""
-    import images
+    from . import images
 
     rng = np.random.default_rng(seed)
     for index, folder in enumerate(folders):
