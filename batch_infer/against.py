@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import parallel
-from .config import DEFAULT_EXTENSIONS, PREPROCESS_MODES, ConfigError
+from .config import DEFAULT_EXTENSIONS, PREPROCESS_MODES, ConfigError, RunConfig
 from .decode.geometry import resized, scaled, to_channels
 from .decode.graph import checked, pixels, plan_batch
 from .decode.options import DecodeOptions, Resize
@@ -38,7 +38,7 @@ from .tf_import import tf
 
 SEED = 0
 BATCH = 32
-DECODING = DecodeOptions(10**8, 512, True, True)  # `run`'s defaults
+DECODING = DecodeOptions.from_config(RunConfig(model="", input="", output=""))  # `run`'s defaults
 PRUNE_P = 0.001  # a candidate this far behind the leader stops being scored (see `_score`)
 Z_ALPHA, Z_POWER = 1.96, 0.8416  # two-sided 5 % level, 80 % power
 

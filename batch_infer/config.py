@@ -1,6 +1,9 @@
-"""Run options: each defined once, merged from defaults, a job file and the command line.
+"""Options of every command: each defined once, merged from defaults, a job file and the command
+line, and checked here for the command line and the Python calls alike.
 
-This module never imports TensorFlow, so a bad flag is reported in a fraction of a second.
+This module never imports TensorFlow, so a bad flag is reported in a fraction of a second. It is
+over 400 lines because the option table, with its help texts, is most of it: one table is the
+point.
 """
 
 from __future__ import annotations

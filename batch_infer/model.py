@@ -4,7 +4,8 @@ signatures (or a Keras model's input and outputs), and calling it.
 Most SavedModel mistakes are about what the signature expects, so everything about feeding it
 (input, size, channels, dtype) is decided here once, explained by `inspect`, and recorded in the
 output metadata. What its outputs mean is the business of `heads`: a `Model` only returns them,
-raw and by name.
+raw and by name. It runs over 400 lines because SavedModels and Keras files load side by side
+here, so that nothing else touches either API.
 """
 
 from __future__ import annotations
