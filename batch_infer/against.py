@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import parallel
-from .config import DEFAULT_EXTENSIONS, PREPROCESS_MODES, ConfigError, RunConfig
+from . import parallel, scaling
+from .config import DEFAULT_EXTENSIONS, ConfigError, RunConfig
 from .decode.geometry import resized, scaled, to_channels
 from .decode.graph import checked, pixels, plan_batch
 from .decode.options import DecodeOptions, Resize
@@ -94,24 +94,17 @@ def resizes(base: Resize, spec) -> list[Resize]:
     return choices
 
 
-def scalings(spec) -> list[str]:
-    if spec.dtype == tf.uint8:
-        return ["raw"]
-    if spec.channels == 1:
-        return ["raw", "unit", "symmetric"]
-    return list(PREPROCESS_MODES)
-
-
 def compare(model_path: str, labelled_dir: str, sample: int = 200, signature: str = "serving_default",
             input_key: str | None = None, output_key: str | None = None,
-            image_size: tuple[int, int] | None = None, base: Resize = Resize()) -> dict:
+            image_size: tuple[int, int] | None = None, base: Resize = Resize(),
+            labels: str | None = None) -> dict:
     """The comparison as one JSON-ready dict; ConfigError for a missing or empty folder."""
     if not os.path.isdir(labelled_dir):
         raise ConfigError(f"--against {labelled_dir} is not a directory; pass a folder with one "
                           "sub-folder of images per class.")
     plan = parallel.configure("cpu")
-    model = load_model(model_path, signature, input_key, image_size, "raw")
-    head = Classification.for_model(model, output_key)
+    model = load_model(model_path, signature, input_key, image_size, "raw")  # each scaling is tried
+    head = Classification.for_model(model, output_key, labels=labels)
     by_folder: dict[str, list] = {}
     for item in list_images(labelled_dir, DEFAULT_EXTENSIONS):
         if "/" in item.path and item.problem is None:
@@ -131,7 +124,7 @@ def compare(model_path: str, labelled_dir: str, sample: int = 200, signature: st
         geometries = [None]
     else:
         geometries = resizes(base, spec)
-        candidates = [Candidate(resize, preprocess) for resize in geometries for preprocess in scalings(spec)]
+        candidates = [Candidate(resize, preprocess) for resize in geometries for preprocess in scaling.candidates(spec)]
     top1, confidence, scored, decoded = _score(model, head, [item for _, item in chosen], geometries,
                                                candidates, truth, labelled, plan)
     return _summarise(model_path, labelled_dir, candidates, top1, confidence, scored, truth[decoded], labelled,

@@ -110,7 +110,9 @@ def inspect(model: str, **options: Any) -> dict[str, Any]:
         model: SavedModel directory, or a Keras .keras or .h5 file.
         **options: signature, input_key, output_key, image_size ("HxW"), the preprocessing
             options (preprocess, resize, crop_fraction, interpolation, antialias, preset), and
-            against (a folder with one sub-folder per class) with sample (files, default 200).
+            labels (a file of class names), and against (a folder with one sub-folder per
+            class) with sample (files, default 200); without against, sample may be a folder of
+            images on which the pixel scaling is checked as `run` checks its first files.
 
     Returns:
         The description: signatures, inputs, outputs, and under "run" the choices `run` would
@@ -130,10 +132,16 @@ def inspect(model: str, **options: Any) -> dict[str, Any]:
     if against is not None:
         from .against import compare
 
-        return compare(os.path.abspath(model), against, sample, *keys, resize)
+        if not isinstance(sample, int):
+            raise ConfigError(f"--sample with --against is a number of files; got the folder {sample}.")
+        return compare(os.path.abspath(model), against, sample, *keys, resize, given.get("labels"))
+    if isinstance(sample, int) and "sample" in options:
+        raise ConfigError("--sample N needs --against LABELLED_DIR; without it, --sample takes a folder "
+                          "of images to check the pixel scaling on.")
     from .describe import describe
 
-    return describe(os.path.abspath(model), *keys, chosen["preprocess"], resize, chosen["preset"])
+    return describe(os.path.abspath(model), *keys, chosen["preprocess"], resize, chosen["preset"],
+                    given.get("labels"), sample if isinstance(sample, str) else None)
 
 
 def review(out: str, truth: str, output: str | None = None, **options: Any) -> dict[str, Any]:

@@ -45,7 +45,6 @@ RAY_OPTIONS = ("ray_address", "concurrency", "num_gpus")
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff")
 PATH_OPTIONS = ("model", "input", "output", "labels")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".txt")
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class RunConfig:
     input_key: str | None = None
     output_key: str | None = None
     image_size: tuple[int, int] | None = None
-    preprocess: str = "raw"
+    preprocess: str = "auto"
     activation: str = "auto"
     recursive: bool = True
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
@@ -171,6 +170,16 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
+def _sample(name: str, value: Any) -> int | str:
+    """A count of files (with --against), or a folder of images (without)."""
+    if isinstance(value, int) or str(value).strip().isdigit():
+        return _positive_int(name, value)
+    if isinstance(value, str) and os.path.isdir(value):
+        return value
+    raise ConfigError(f"{_flag(name)} takes a number of files (with --against) or a folder of images "
+                      f"to check the pixel scaling on; got {value!r}, which is neither.")
+
+
 def _bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be true or false in the job file; got {value!r}.")
@@ -260,8 +269,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("image_size", "HxW to resize to, only when the signature does not fix it",
            parse_image_size, "HxW"),
     Option("preprocess", "pixel scaling applied before the model: raw 0..255, unit 0..1, symmetric "
-           "-1..1, caffe (BGR minus ImageNet mean), torch (ImageNet mean/std) (default: raw)",
-           _choice(PREPROCESS_MODES)),
+           "-1..1, caffe (BGR minus ImageNet mean), torch (ImageNet mean/std), or auto: what the "
+           "model says (a Rescaling layer, a known Keras Applications backbone), else raw, "
+           "checked on the first images (default: auto)", _choice(("auto",) + PREPROCESS_MODES)),
     Option("resize", "how the image becomes the model size: stretch (both sides to size), crop "
            "(scale so the shorter side fits, keep the centre), pad (scale so the longer side fits, "
            "pad with zeros) (default: stretch)", _choice(RESIZE_MODES)),
@@ -355,8 +365,10 @@ COMMAND_OPTIONS: dict[str, tuple[Option | str, ...]] = {
         Option("against", "score a sample of LABELLED_DIR (one folder per class, named as the "
                "model's labels) under each preprocessing that applies, and rank them", _text,
                "LABELLED_DIR"),
-        Option("sample", "files sampled from LABELLED_DIR, spread over the classes (default: 200)",
-               _positive_int, "N"),
+        Option("sample", "with --against: files sampled from LABELLED_DIR, spread over the classes "
+               "(default: 200); without: a folder of images to check the pixel scaling on, as run "
+               "checks its first files", _sample, "N|DIR"),
+        "labels",
     ),
     "review": (
         replace(TRUTH, required=True),
@@ -513,7 +525,9 @@ def _check_outputs(config: RunConfig) -> None:
     if config.task == "embed" and config.output_key is not None:
         raise ConfigError("--output-key chooses the class scores, which --task embed does not write; "
                           "drop it, or choose the vector with --embedding-key.")
-    if config.embedding_layer is not None and not config.model.lower().endswith(KERAS_SUFFIXES):
+    from .model_files import is_keras_path
+
+    if config.embedding_layer is not None and not is_keras_path(config.model):
         raise ConfigError("--embedding-layer needs a Keras .keras or .h5 file, since a SavedModel keeps "
                           "no usable layers; pass the Keras file, or export a signature that returns "
                           "the features and use --embedding-key (batch-infer inspect MODEL shows how).")

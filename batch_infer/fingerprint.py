@@ -15,6 +15,7 @@ import os
 
 from .config import OPTIONS, ConfigError, RunConfig
 from .labels import find_labels_file
+from .model_files import SAVED_MODEL_FILES, serving_versions
 
 METADATA_KEY = "fingerprint"
 _CHUNK = 2**20
@@ -34,6 +35,10 @@ def model_identity(path: str) -> str:
     else a hash of saved_model.pb and the variables index; a Keras file's hash."""
     if os.path.isfile(path):
         return "sha256:" + _sha256([path])
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, name)) for name in SAVED_MODEL_FILES):
+        versions = serving_versions(path)  # a TF Serving base: the version a run loads
+        if versions:
+            path = os.path.join(path, str(versions[-1]))
     for names in (["fingerprint.pb"], ["saved_model.pb", os.path.join("variables", "variables.index")],
                   ["saved_model.pb"], ["saved_model.pbtxt"]):
         files = [os.path.join(path, name) for name in names]

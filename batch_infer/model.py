@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import KERAS_SUFFIXES, ConfigError
+from . import scaling
+from .config import ConfigError
+from .model_files import ModelFile, locate
+from .model_loading import keras_metadata_layers, read_keras, read_saved_model
 from .preprocessing import preprocess
 from .tf_import import short_error, tf
+
+# How a signature takes an image batch: [N, H, W, C]; [N, H, W] (grayscale without a channel
+# axis, as Flatten(input_shape=(28, 28)) models have); [N, H*W*C] flattened in row-major order.
+IMAGE, GRAY, FLAT = "image", "gray", "flat"
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,15 @@ class TensorInfo:
         return f"{self.name}: {self.dtype} {dims}"
 
     @property
-    def is_image(self) -> bool:
+    def layout(self) -> str | None:
+        """IMAGE, GRAY or FLAT for numeric image inputs, "encoded" for bytes, else None."""
+        if self.shape is None:
+            return None
         if self.dtype == "string":
-            return self.shape is not None and len(self.shape) == 1
-        return self.shape is not None and len(self.shape) == 4 and self.shape[3] in (1, 3)
+            return "encoded" if len(self.shape) == 1 else None
+        if len(self.shape) == 4:
+            return IMAGE if self.shape[3] in (1, 3) else None
+        return {3: GRAY, 2: FLAT}.get(len(self.shape))
 
     @property
     def is_vector(self) -> bool:
@@ -51,12 +63,22 @@ class InputSpec:
     channels: int | None
     dtype: tf.DType
     preprocess: str
+    layout: str = IMAGE  # what the decoded [N, H, W, C] batch is reshaped to (see `fed`)
 
     def describe(self) -> str:
         """As the `input` metadata says it: "float32 224x224x3" or "encoded bytes"."""
         if self.encoded:
             return "encoded bytes"
-        return f"{self.dtype.name} {self.image_size[0]}x{self.image_size[1]}x{self.channels}"
+        shape = f"{self.dtype.name} {self.image_size[0]}x{self.image_size[1]}x{self.channels}"
+        return shape + {IMAGE: "", GRAY: " (fed as [N, H, W])", FLAT: " (fed flattened, as [N, H*W*C])"}[self.layout]
+
+    def fed(self, batch):
+        """The decoded [N, H, W, C] batch in the shape the signature takes."""
+        if self.layout == GRAY:
+            return batch[..., 0]
+        if self.layout == FLAT:
+            return tf.reshape(batch, [tf.shape(batch)[0], -1])
+        return batch
 
 
 def _infos(specs: dict) -> list[TensorInfo]:
@@ -71,43 +93,6 @@ def signature_inputs(function) -> list[TensorInfo]:
 
 def signature_outputs(function) -> list[TensorInfo]:
     return _infos(function.structured_outputs)
-
-
-def is_keras_file(path: str) -> bool:
-    return os.path.isfile(path) and path.lower().endswith(KERAS_SUFFIXES)
-
-
-def check_model_path(path: str) -> None:
-    """Cheap checks without TensorFlow, with the fix for the usual wrong things to pass."""
-    if not os.path.exists(path):
-        raise ConfigError(f"Model {path} does not exist; pass a SavedModel directory or a Keras "
-                          ".keras or .h5 file with --model.")
-    if os.path.isfile(path):
-        if is_keras_file(path):
-            return
-        raise ConfigError(f"Model {path} is a file but not a Keras .keras or .h5 file; --model must "
-                          "be one of those or a SavedModel directory (one holding saved_model.pb).")
-    names = os.listdir(path)
-    if "saved_model.pb" in names or "saved_model.pbtxt" in names:
-        return
-    if "checkpoint" in names or any(name.endswith(".index") for name in names):
-        raise ConfigError(f"Model {path} holds a TensorFlow checkpoint, not a SavedModel; save one "
-                          "with tf.saved_model.save(model, DIR) or Keras model.export(DIR).")
-    raise ConfigError(f"Model {path} has no saved_model.pb, so it is not a SavedModel; export one "
-                      "with Keras model.export(DIR) or tf.saved_model.save(model, DIR).")
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300].rstrip(".")
-
-
-def load_saved_model(path: str):
-    check_model_path(path)
-    try:
-        return tf.saved_model.load(path)
-    except Exception as error:  # TF raises many unrelated types for a damaged model
-        raise ConfigError(f"Could not load the SavedModel at {path} ({_first_line(error)}); re-export it "
-                          "with Keras model.export(DIR) or tf.saved_model.save(model, DIR).") from None
 
 
 def get_signature(loaded, path: str, name: str):
@@ -131,17 +116,35 @@ def choose_input(inputs: list[TensorInfo], key: str | None, where: str) -> Tenso
                           "batch-infer feeds exactly one image tensor; export a model with one image "
                           "input.")
     chosen = inputs[0]
-    if not chosen.is_image:
+    if chosen.layout is None:
         raise ConfigError(f"Signature input {chosen.describe()} is not an image batch; batch-infer feeds "
-                          "[batch, height, width, 1 or 3] pixels or [batch] encoded image bytes (string).")
+                          "[batch, height, width, 1 or 3] or [batch, height, width] pixels, flattened "
+                          "pixels [batch, H*W*C], or [batch] encoded image bytes (string).")
     return chosen
+
+
+def _flat_channels(chosen: TensorInfo, image_size: tuple[int, int] | None) -> int:
+    """The channels of a flattened [N, D] input: D = H*W (gray) or H*W*3 (RGB)."""
+    width = chosen.shape[1]
+    if image_size is None or width is None or width not in (image_size[0] * image_size[1],
+                                                            image_size[0] * image_size[1] * 3):
+        example = round((width or 784) ** 0.5)
+        raise ConfigError(f"Signature input {chosen.describe()} takes flat vectors; if they are "
+                          "flattened images, pass --image-size HxW with H*W (grayscale) or H*W*3 "
+                          f"(RGB) equal to {width or 'its length'}, e.g. {example}x{example}.")
+    return 1 if width == image_size[0] * image_size[1] else 3
 
 
 def input_spec(chosen: TensorInfo, image_size: tuple[int, int] | None, preprocess: str) -> InputSpec:
     """Resolves size, channels and dtype; the signature wins, flags fill what it leaves open."""
     if chosen.dtype == "string":
         return InputSpec(True, None, None, tf.string, preprocess)
-    _, height, width, channels = chosen.shape
+    if chosen.layout == FLAT:
+        channels = _flat_channels(chosen, image_size)
+        return _checked_spec(chosen, InputSpec(False, image_size, channels, tf.as_dtype(chosen.dtype),
+                                               preprocess, FLAT))
+    height, width = chosen.shape[1:3]
+    channels = chosen.shape[3] if chosen.layout == IMAGE else 1
     if height is not None and width is not None:
         if image_size is not None and image_size != (height, width):
             raise ConfigError(f"--image-size {image_size[0]}x{image_size[1]} contradicts the signature "
@@ -150,14 +153,18 @@ def input_spec(chosen: TensorInfo, image_size: tuple[int, int] | None, preproces
     elif image_size is None:
         raise ConfigError(f"Signature input {chosen.describe()} does not fix the image size; pass "
                           "--image-size HxW with the size the model was trained on, e.g. 224x224.")
-    dtype = tf.as_dtype(chosen.dtype)
-    if dtype == tf.uint8 and preprocess != "raw":
+    return _checked_spec(chosen, InputSpec(False, image_size, channels, tf.as_dtype(chosen.dtype),
+                                           preprocess, chosen.layout))
+
+
+def _checked_spec(chosen: TensorInfo, spec: InputSpec) -> InputSpec:
+    if spec.dtype == tf.uint8 and spec.preprocess != "raw":
         raise ConfigError(f"Signature input {chosen.describe()} takes uint8 pixels, so --preprocess must "
-                          f"be raw (the model scales them itself); got {preprocess}.")
-    if channels == 1 and preprocess in ("caffe", "torch"):
-        raise ConfigError(f"--preprocess {preprocess} uses RGB channel means but the model takes one "
+                          f"be raw (the model scales them itself); got {spec.preprocess}.")
+    if spec.channels == 1 and spec.preprocess in ("caffe", "torch"):
+        raise ConfigError(f"--preprocess {spec.preprocess} uses RGB channel means but the model takes one "
                           "channel; use raw, unit or symmetric.")
-    return InputSpec(False, image_size, channels, dtype, preprocess)
+    return spec
 
 
 def probe_batch(spec: InputSpec, count: int = 4) -> tf.Tensor:
@@ -193,6 +200,10 @@ class Model:
     embedding_output: str | None = None  # the output --embedding-layer added, for the Embedding head
     embedding_source: str | None = None  # where that output comes from, in words
     pooling: dict[str, str] = field(default_factory=dict)  # output -> how it was pooled to [batch, D]
+    scaling: scaling.Scaling = scaling.Scaling("raw", "")  # the pixel scaling and where it came from
+    found_at: str | None = None  # how the loaded path was found (a TF Serving version), in words
+    warnings: list[str] = field(default_factory=list)  # sentences for the run's log, counted
+    library_lines: list[str] = field(default_factory=list)  # what the libraries said while loading
 
     @property
     def where(self) -> str:
@@ -202,30 +213,70 @@ class Model:
         return f"signature {self.signature!r}"
 
     def predict(self, batch) -> dict[str, np.ndarray]:
-        return {name: value.numpy() for name, value in self.function(**{self.input_key: batch}).items()}
+        """Every output for a decoded [N, H, W, C] batch (or [N] encoded files)."""
+        fed = self.spec.fed(batch)
+        return {name: value.numpy() for name, value in self.function(**{self.input_key: fed}).items()}
 
     def metadata(self) -> dict[str, str]:
         where = {"signature": self.signature} if self.signature is not None else {}
-        return {"model": self.path, "model_format": self.format, **where, "input_key": self.input_key,
-                "input": self.spec.describe(), "preprocess": self.spec.preprocess}
+        found = {"model_found_at": self.found_at} if self.found_at else {}
+        return {"model": self.path, "model_format": self.format, **where, **found,
+                "input_key": self.input_key, "input": self.spec.describe(),
+                "preprocess": self.spec.preprocess, "preprocess_source": self.scaling.source}
 
 
 def load_model(path: str, signature: str = "serving_default", input_key: str | None = None,
-               image_size: tuple[int, int] | None = None, preprocess: str = "raw") -> Model:
-    """Loads a SavedModel and settles how to feed it, before any file is read; ConfigError otherwise."""
-    return model_for(load_saved_model(path), path, signature, input_key, image_size, preprocess)
+               image_size: tuple[int, int] | None = None, preprocess: str = scaling.AUTO,
+               embedding_layer: str | None = None) -> Model:
+    """Loads whatever model `path` holds (see `model_files`) and settles how to feed it, before
+    any file is read; ConfigError otherwise. `preprocess` "auto" takes the scaling the model
+    says (see `scaling`)."""
+    from .keras_model import keras_model_for
+
+    model_file = locate(path)
+    library_lines: list[str] = []
+    if model_file.is_keras:
+        keras_model = read_keras(model_file, library_lines)
+        model = keras_model_for(keras_model, model_file, input_key, image_size, preprocess, embedding_layer)
+    else:
+        loaded, keras_2 = read_saved_model(model_file, library_lines)
+        if keras_2 is not None:
+            model = keras_model_for(keras_2, model_file, input_key, image_size, preprocess, embedding_layer)
+        else:
+            model = model_for(loaded, model_file, signature, input_key, image_size, preprocess)
+    model.library_lines = library_lines
+    return model
 
 
-def model_for(loaded, path: str, signature: str, input_key: str | None,
+def load_saved_model(path: str):
+    """The loaded SavedModel at `path` (for `inspect`, which lists every signature)."""
+    loaded, keras_2 = read_saved_model(locate(path), [])
+    return loaded if loaded is not None else keras_2
+
+
+def model_for(loaded, model_file: ModelFile, signature: str, input_key: str | None,
               image_size: tuple[int, int] | None, preprocess: str) -> Model:
-    function = get_signature(loaded, path, signature)
+    function = get_signature(loaded, model_file.path, signature)
     chosen = choose_input(signature_inputs(function), input_key, f"signature {signature!r}")
-    spec = input_spec(chosen, image_size, preprocess)
-    model = Model(path, signature, function, chosen.name, spec, signature_outputs(function), {}, loaded)
-    return _probed(model)
+    layers = keras_metadata_layers(model_file.path) or scaling.graph_scopes(function)
+    chosen_scaling, contradiction = scaling_for(chosen, preprocess, scaling.from_layers(layers, ordered=False))
+    spec = input_spec(chosen, image_size, chosen_scaling.preprocess)
+    model = Model(model_file.path, signature, function, chosen.name, spec, signature_outputs(function), {},
+                  loaded, scaling=chosen_scaling, found_at=model_file.note,
+                  warnings=[contradiction] if contradiction else [])
+    return probed(model)
 
 
-def _probed(model: Model) -> Model:
+def scaling_for(chosen: TensorInfo, preprocess: str,
+                found: scaling.Scaling | None) -> tuple[scaling.Scaling, str | None]:
+    """The pixel scaling for the chosen input: uint8 and encoded inputs scale themselves."""
+    if chosen.dtype in ("string", "uint8") and preprocess == scaling.AUTO:
+        what = "decodes the bytes" if chosen.dtype == "string" else "takes uint8 pixels 0..255"
+        return scaling.Scaling("raw", f"the model: it {what} itself"), None
+    return scaling.decide(preprocess, found)
+
+
+def probed(model: Model) -> Model:
     try:
         model.probe = model.predict(probe_batch(model.spec))
     except Exception as error:
@@ -234,193 +285,6 @@ def _probed(model: Model) -> Model:
                           "check --image-size and --preprocess against what the model was trained "
                           "on.") from None
     return model
-
-
-# --- Keras files ---------------------------------------------------------------------------------
-
-PENULTIMATE = "penultimate"
-
-
-def read_keras_file(path: str):
-    """The Keras model in a .keras or .h5 file, loaded by Keras itself; ConfigError otherwise.
-
-    compile=False: inference needs no optimizer or loss, and custom losses would not load.
-    Keras's safe mode stays on, so a file with Lambda layers (arbitrary code) is refused.
-    """
-    check_model_path(path)
-    import keras
-
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises ValueError, OSError, TypeError... for bad files
-        raise ConfigError(f"Could not load the Keras file {path} ({_first_line(error)}); save it again "
-                          "with model.save('model.keras') in the Keras version that trained it, or "
-                          "export a SavedModel with model.export(DIR) and pass DIR.") from None
-    if not getattr(model, "inputs", None):
-        raise ConfigError(f"Keras model {path} has no defined inputs (a subclassed model, or one never "
-                          "built); build it on keras.Input(...) and save it again, or export a "
-                          "SavedModel with model.export(DIR).")
-    return model
-
-
-def _keras_info(name: str, tensor) -> TensorInfo:
-    dtype = tensor.dtype if isinstance(tensor.dtype, str) else tf.as_dtype(tensor.dtype).name
-    return TensorInfo(name, dtype, tuple(tensor.shape))
-
-
-def keras_outputs(model) -> dict[str, object]:
-    """{name: symbolic output}: a dict model's own keys, else each output layer's name."""
-    try:
-        structure = model.output
-    except AttributeError:  # a loaded Sequential has `outputs` only
-        structure = None
-    if isinstance(structure, dict):
-        return dict(structure)
-    names = getattr(model, "output_names", None) or [model.layers[-1].name]
-    return dict(zip(names, model.outputs))
-
-
-def keras_inputs(model) -> list[TensorInfo]:
-    return [_keras_info(tensor.name, tensor) for tensor in model.inputs]
-
-
-def final_dense(model):
-    """The last Dense layer: the classification layer whose input `penultimate` means."""
-    import keras
-
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    if not dense:
-        raise ConfigError(f"Keras model has no Dense layer, so --embedding-layer {PENULTIMATE} has "
-                          "nothing to stand before; name a layer with --embedding-layer NAME "
-                          "(batch-infer inspect MODEL lists them).")
-    return dense[-1]
-
-
-def _producer(model, tensor) -> str | None:
-    """The name of the layer of `model` whose output is `tensor`, if one is."""
-    import keras
-
-    if isinstance(model, keras.Sequential):  # its layers follow one another
-        index = next((i for i, layer in enumerate(model.layers) if layer.input is tensor), 0)
-        return model.layers[index - 1].name if index > 0 else None
-    for layer in model.layers:
-        try:
-            if layer.output is tensor:
-                return layer.name
-        except (AttributeError, ValueError):  # a shared layer has several outputs
-            continue
-    return None
-
-
-def embedding_layer_output(model, name: str) -> tuple[str, object, str]:
-    """(output name, symbolic tensor, source in words) for --embedding-layer NAME|penultimate."""
-    if name == PENULTIMATE:
-        dense = final_dense(model)
-        producer = _producer(model, dense.input)
-        return (producer or PENULTIMATE, dense.input,
-                f"input of the final Dense layer {dense.name!r}"
-                + (f" (output of layer {producer!r})" if producer else ""))
-    try:
-        layer = model.get_layer(name)
-    except ValueError:
-        usable = ", ".join(info.name for info in embedding_layers(model)) or "none"
-        raise ConfigError(f"Layer {name!r} is not in the Keras model; layers that can serve as "
-                          f"embeddings: {usable}.") from None
-    return layer.name, layer.output, f"layer {layer.name!r}"
-
-
-def embedding_layers(model) -> list[TensorInfo]:
-    """Layers whose output can be an embedding: [batch, D] vectors, or feature maps and token
-    sequences, pooled to [batch, D]. Layers inside a nested model are not reachable by name."""
-    found = []
-    image_shapes = {tuple(tensor.shape) for tensor in model.inputs}
-    for layer in model.layers[:-1]:
-        try:
-            tensor = layer.output
-        except (AttributeError, ValueError):
-            continue
-        if not hasattr(tensor, "shape") or len(tensor.shape) not in (2, 3, 4):
-            continue
-        if type(layer).__name__ == "InputLayer" or tuple(tensor.shape) in image_shapes:
-            continue  # the image itself, or a preprocessing layer's rescaled copy of it
-        found.append(_keras_info(layer.name, tensor))
-    return found
-
-
-def _pooling(info: TensorInfo) -> str | None:
-    """How an output becomes [batch, D]: None when it already is."""
-    rank = len(info.shape)
-    if rank == 2:
-        return None
-    if rank == 4:
-        height, width = info.shape[1:3]
-        return f"global average over {height or '?'}x{width or '?'} positions"
-    if rank == 3:
-        return f"average over {info.shape[1] or '?'} positions"
-    raise ConfigError(f"Layer output {info.describe()} is neither [batch, D] nor a feature map; "
-                      "choose another --embedding-layer.")
-
-
-def load_keras_model(path: str, input_key: str | None = None,
-                     image_size: tuple[int, int] | None = None, preprocess: str = "raw",
-                     embedding_layer: str | None = None) -> Model:
-    """Loads a Keras file and settles how to feed it, as `load_model` does for a SavedModel.
-
-    The model (or, with `embedding_layer`, a model that also ends at that layer, so classes and
-    embedding come from one pass) is called through one tf.function whose input signature is the
-    model's own with the batch dimension open, so the last, partial batch is not traced again.
-    """
-    import keras
-
-    loaded = read_keras_file(path)
-    where = f"Keras model {os.path.basename(path)}"
-    chosen = choose_input(keras_inputs(loaded), input_key, where)
-    spec = input_spec(chosen, image_size, preprocess)
-    outputs = keras_outputs(loaded)
-    embedding_output = embedding_source = None
-    pooling: dict[str, str] = {}
-    if embedding_layer is not None:
-        embedding_output, tensor, embedding_source = embedding_layer_output(loaded, embedding_layer)
-        how = _pooling(_keras_info(embedding_output, tensor))
-        if how is not None:
-            pooling[embedding_output] = how
-        outputs.setdefault(embedding_output, tensor)
-    if pooling or embedding_output is not None:
-        called = keras.Model(loaded.inputs, outputs)
-    else:
-        called = loaded
-    names = list(outputs)
-
-    def call(batch):
-        result = called(batch, training=False)
-        if not isinstance(result, dict):
-            result = dict(zip(names, result if isinstance(result, (list, tuple)) else [result]))
-        for name in pooling:
-            value = result[name]
-            result[name] = tf.reduce_mean(value, axis=list(range(1, len(value.shape) - 1)))
-        return result
-
-    shape = [None, *chosen.shape[1:3], chosen.shape[3]]
-    if spec.image_size is not None:
-        shape[1:3] = spec.image_size
-    traced = tf.function(call, input_signature=[tf.TensorSpec(shape, spec.dtype)])
-    key = chosen.name
-
-    def function(**inputs):
-        return traced(inputs[key])
-
-    function.traced = traced  # for tests: one trace serves every batch size
-
-    infos = []
-    for name, tensor in outputs.items():
-        info = _keras_info(name, tensor)
-        if name in pooling:
-            info = TensorInfo(name, info.dtype, (info.shape[0], info.shape[-1]))
-        infos.append(info)
-    model = Model(path, None, function, key, spec, sorted(infos, key=lambda info: info.name), {},
-                  called, format="keras", embedding_output=embedding_output,
-                  embedding_source=embedding_source, pooling=pooling)
-    return _probed(model)
 
 
 def configure_device(device: str) -> str:

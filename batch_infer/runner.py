@@ -151,6 +151,13 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
                 fingerprint.METADATA_KEY: json.dumps(run_fingerprint)}
     log.info("model %s: %s", config.model, scorer.describe())
     log.info("device %s: %s", placement["device"], placement["threads"])
+    for line in scorer.model.library_lines:
+        log.debug("while loading the model: %s", line)
+    advice = scorer.advice(todo)
+    for sentence in advice:
+        log.warning("%s", sentence)
+    metadata.update(scorer.metadata())  # with the scaling check, when one ran
+    load_warnings = len(advice) + len(scorer.model.library_lines)
 
     local_output = not storage.is_url(config.output)
     if local_output:
@@ -181,7 +188,8 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
                     break
         writer.commit()
         progress.close()
-        return summary(ok, errors, stop.received, decoder_lines.lines)
+        return summary(ok, errors, stop.received,
+                       None if decoder_lines.lines is None else decoder_lines.lines + load_warnings)
 
 
 def _tensorflow_version() -> str:

@@ -5,12 +5,14 @@ files that dropped out of decoding, which the Pillow fallback gets to decode fir
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 
-from . import parallel
+from . import parallel, scaling
 from .config import ConfigError, RunConfig
 from .decode.diagnose import rescue, unread_reason
 from .decode.geometry import ModelInputs
@@ -19,7 +21,8 @@ from .decode.options import DecodeOptions
 from .decode.pipeline import DecodedBatch
 from .heads import Classification, Embedding, FileFacts, Head, KeptOutput
 from .listing import ListedFile
-from .model import Model, is_keras_file, load_keras_model, load_model
+from .model import Model, load_model
+from .preprocessing import preprocess
 from .tf_import import short_error, tf
 
 BASE_FIELDS = [pa.field("path", pa.string()), pa.field("status", pa.string()),
@@ -101,6 +104,7 @@ class Scorer:
         self.table = Rows(heads)
         self.schema = self.table.schema
         self.model_inputs = ModelInputs(model.spec, decoding.resize)
+        self.scaling_check: dict | None = None  # each scaling's Collapse on a sample, once checked
         # Pillow releases the GIL while it decodes: one thread per core, shared by the streams,
         # so a folder of TIFFs uses every core and holds at most one decoded image per core.
         self.fallback_pool = ThreadPoolExecutor(parallel.usable_cores(), thread_name_prefix="pillow")
@@ -108,26 +112,48 @@ class Scorer:
     @classmethod
     def load(cls, config: RunConfig) -> "Scorer":
         """Loads the model and settles every choice before any file is read; ConfigError otherwise."""
-        if is_keras_file(config.model):
-            model = load_keras_model(config.model, config.input_key, config.image_size,
-                                     config.preprocess, config.embedding_layer)
-        else:
-            model = load_model(config.model, config.signature, config.input_key, config.image_size,
-                               config.preprocess)
+        model = load_model(config.model, config.signature, config.input_key, config.image_size,
+                           config.preprocess, config.embedding_layer)
         decoding = DecodeOptions.from_config(config)
         check_resize_applies(model, decoding)
         return cls(model, heads_for(model, config) + [FileFacts()], decoding, config.task, config.batch_size)
 
+    def advice(self, todo: list[ListedFile]) -> list[str]:
+        """Sentences the run logs as warnings before it starts: the model's (a --preprocess that
+        contradicts it), then the label-free check of a scaling nothing said (`scaling`)."""
+        sentences = list(self.model.warnings)
+        if self.model.scaling.source == scaling.UNSAID:
+            checked = self._check_scaling(todo)
+            if checked is not None:
+                sentences.append(checked)
+        return sentences
+
+    def _check_scaling(self, todo: list[ListedFile]) -> str | None:
+        classes = next((head for head in self.heads if isinstance(head, Classification)), None)
+        if classes is None:
+            return None
+        collapses, images = scaling_collapses(self.model, classes, self.decoding, todo, self.fallback_pool)
+        if not collapses:
+            return None
+        self.scaling_check = {name: vars(collapse) for name, collapse in collapses.items()}
+        return scaling.check(self.model.spec.preprocess, collapses, images)
+
     def metadata(self) -> dict[str, str]:
         merged = {**self.model.metadata(), **self.decoding.metadata(), "task": self.task}
+        if self.scaling_check is not None:
+            merged["preprocess_check"] = json.dumps(self.scaling_check)
         for head in self.heads:
             merged.update(head.metadata())
         return merged
 
     def describe(self) -> str:
         """One log line: how the model is fed and what each head decided."""
-        called = f"signature {self.model.signature}" if self.model.signature else self.model.where
-        return ", ".join([f"{called}, input {self.model.spec.describe()}"]
+        model = self.model
+        called = f"signature {model.signature}" if model.signature else model.where
+        feeding = [f"{called}, input {model.spec.describe()}"]
+        if not model.spec.encoded:
+            feeding.append(f"preprocess {model.spec.preprocess} ({model.scaling.source})")
+        return ", ".join(([model.found_at] if model.found_at else []) + feeding
                          + [head.describe() for head in self.heads if head.describe()])
 
     def error_rows(self, paths: list[str], reasons: list[str]) -> pa.Table:
@@ -203,6 +229,30 @@ class Scorer:
             except tf.errors.OpError as error:
                 failures[row] = f"model: {short_error(error)}"
         return _joined(taken), failures
+
+
+def scaling_collapses(model: Model, classes: Classification, decoding: DecodeOptions,
+                      items: list[ListedFile], pool, every: bool = False) -> tuple[dict, int]:
+    """({scaling: Collapse}, images) for up to CHECK_IMAGES of `items`, spread over them,
+    decoded by Pillow and scored under the model's scaling, then, when that looks degenerate
+    (or `every`), under each other candidate; ({}, 0) when too few decode or nothing applies."""
+    spec = model.spec
+    if spec.encoded or spec.dtype == tf.uint8:
+        return {}, 0
+    step = max(1, len(items) // scaling.CHECK_IMAGES)
+    decoded = [pixels for pixels, _ in pool.map(lambda item: rescue(item, None, spec, decoding),
+                                                items[::step][:scaling.CHECK_IMAGES])
+               if pixels is not None]
+    if len(decoded) < scaling.MIN_CHECK_IMAGES:
+        return {}, 0
+    unscaled = ModelInputs(replace(spec, preprocess="raw", dtype=tf.float32), decoding.resize)(decoded)
+    collapses = {}
+    for candidate in [spec.preprocess] + [name for name in scaling.candidates(spec) if name != spec.preprocess]:
+        inputs = tf.cast(preprocess(unscaled, candidate), spec.dtype)
+        collapses[candidate] = scaling.Collapse.of(classes.scores(model.predict(inputs)))
+        if not every and collapses[spec.preprocess].pinned < scaling.SUSPECT:
+            break
+    return collapses, len(decoded)
 
 
 def _joined(outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

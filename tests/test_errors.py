@@ -77,11 +77,11 @@ def test_not_a_saved_model(tmp_path, capsys):
     corrupt.mkdir()
     (corrupt / "saved_model.pb").write_bytes(b"\x08\x01garbage" * 10)
     common = ["--input", SAMPLE_IMAGES, "--output", output]
-    for broken in (keras_file, h5_file):
-        assert_refused(capsys, output, "--model", str(broken), *common,
-                       mentions=("Could not load the Keras file", "model.save('model.keras')", "export"))
-    assert_refused(capsys, output, "--model", str(other_file), *common,
-                   mentions=("not a Keras .keras or .h5 file", "SavedModel directory"))
+    assert_refused(capsys, output, "--model", str(keras_file), *common,
+                   mentions=("Could not load the Keras file", "model.save('model.keras')", "export"))
+    for other in (h5_file, other_file):  # told by content, not by name
+        assert_refused(capsys, output, "--model", str(other), *common,
+                       mentions=("neither an HDF5 (.h5) nor a zip (.keras) Keras file", "SavedModel directory"))
     assert_refused(capsys, output, "--model", str(checkpoint), *common, mentions=("checkpoint",))
     assert_refused(capsys, output, "--model", str(corrupt), *common, mentions=("Could not load",))
 

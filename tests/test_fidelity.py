@@ -251,7 +251,8 @@ def test_against_stops_scoring_clear_losers_and_keeps_the_winner(trained, tmp_pa
     """96 files: every candidate scores the first 32, the clearly wrong ones stop there, and the
     best and the figures of the rest are those of a direct evaluation of every candidate on every
     file (decode, scale, model), ranked the same way."""
-    from batch_infer.against import Candidate, resizes, scalings
+    from batch_infer.against import Candidate, resizes
+    from batch_infer.scaling import candidates as scalings
     from batch_infer.cli import main
 
     centre = trained[0]

@@ -42,7 +42,7 @@ def test_value_changing_options_refuse_a_resume_and_others_do_not(photos, tmp_pa
     assert score(capsys, photos, output)[0] == 0
     code, _, err = score(capsys, photos, output, "--preprocess", "unit")
     assert code == 2
-    assert f"{output} was scored with --preprocess raw; this run asks for unit" in err
+    assert f"{output} was scored with --preprocess auto; this run asks for unit" in err
     assert "new --output" in err and len(err.strip().splitlines()) == 1
     code, _, err = score(capsys, photos, output, "--top-k", "3")
     assert code == 2 and "--top-k 5; this run asks for 3" in err
