@@ -125,17 +125,17 @@ def inspect(model: str, **options: Any) -> dict[str, Any]:
 
     given = parse_command_options("inspect", options)
     given.pop("json", None)
-    against, sample = given.pop("against", None), given.pop("sample", 200)
+    against, sample = given.pop("against", None), given.pop("sample", None)
     chosen = {**vars(RunConfig(model="", input="", output="")), **apply_preset(given)}
     resize = Resize(chosen["resize"], chosen["crop_fraction"], chosen["interpolation"], chosen["antialias"])
     keys = (chosen["signature"], chosen["input_key"], chosen["output_key"], chosen["image_size"])
     if against is not None:
         from .against import compare
 
-        if not isinstance(sample, int):
+        if isinstance(sample, str):
             raise ConfigError(f"--sample with --against is a number of files; got the folder {sample}.")
-        return compare(os.path.abspath(model), against, sample, *keys, resize, given.get("labels"))
-    if isinstance(sample, int) and "sample" in options:
+        return compare(os.path.abspath(model), against, sample or 200, *keys, resize, given.get("labels"))
+    if isinstance(sample, int):
         raise ConfigError("--sample N needs --against LABELLED_DIR; without it, --sample takes a folder "
                           "of images to check the pixel scaling on.")
     from .describe import describe

@@ -12,7 +12,7 @@ import argparse
 import importlib.util
 import os
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, replace
 from typing import Any, Callable, Iterable
 
 from . import storage
@@ -249,6 +249,24 @@ class Option:
     switch: bool = False  # a flag without a value, on when given (--quiet, --json)
     required: bool = False  # on the command line; run's own three may come from a job file instead
     choices: tuple[str, ...] | None = None  # for argparse to check and list (export's, as before)
+    default: Any = None  # the value when not given: RunConfig's for run options, else set here
+    shown_default: str | None = None  # the help's "(default: ...)" in words, where the value would not say it
+
+    @property
+    def help_text(self) -> str:
+        """The help with its default, as every command's --help (and the README's table) shows it."""
+        shown = self.shown_default if self.shown_default is not None else _shown(self.default)
+        return f"{self.help} (default: {shown})" if shown and not self.switch else self.help
+
+
+def _shown(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return None if value is None else str(value)
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -257,62 +275,60 @@ OPTIONS: tuple[Option, ...] = (
            "(.csv, .tsv, .parquet, .jsonl, or .txt with one path a line) naming the files",
            _text, "DIR|MANIFEST", changes_values=False),
     Option("output", "output Parquet dataset directory, or an s3://, gs://... URL", _text, "OUT", changes_values=False),
-    Option("top_k", "number of best classes kept per image, capped at the class count (default: 5)",
+    Option("top_k", "number of best classes kept per image, capped at the class count",
            _positive_int, "K"),
-    Option("batch_size", "images per model call (default: 32)", _positive_int, "N", changes_values=False),
-    Option("labels", "class names, one per line, line i = class i (default: labels.txt in MODEL "
-           "or MODEL/assets if present, else class indices)", _text, "FILE", changes_values=False),
-    Option("signature", "signature to call (default: serving_default)", _text, "NAME"),
-    Option("input_key", "signature input to feed (default: its only input)", _text, "KEY"),
-    Option("output_key", "signature output holding class scores (default: the only "
-           "[batch, classes] output)", _text, "KEY"),
+    Option("batch_size", "images per model call", _positive_int, "N", changes_values=False),
+    Option("labels", "class names, one per line, line i = class i", _text, "FILE", changes_values=False,
+           shown_default="labels.txt in MODEL or MODEL/assets if present, else class indices"),
+    Option("signature", "signature to call", _text, "NAME"),
+    Option("input_key", "signature input to feed", _text, "KEY", shown_default="its only input"),
+    Option("output_key", "signature output holding class scores", _text, "KEY",
+           shown_default="the only [batch, classes] output"),
     Option("image_size", "HxW to resize to, only when the signature does not fix it",
            parse_image_size, "HxW"),
     Option("preprocess", "pixel scaling applied before the model: raw 0..255, unit 0..1, symmetric "
            "-1..1, caffe (BGR minus ImageNet mean), torch (ImageNet mean/std), or auto: what the "
            "model says (a Rescaling layer, a known Keras Applications backbone), else raw, "
-           "checked on the first images (default: auto)", _choice(("auto",) + PREPROCESS_MODES)),
+           "checked on the first images", _choice(("auto",) + PREPROCESS_MODES)),
     Option("resize", "how the image becomes the model size: stretch (both sides to size), crop "
            "(scale so the shorter side fits, keep the centre), pad (scale so the longer side fits, "
-           "pad with zeros) (default: stretch)", _choice(RESIZE_MODES)),
+           "pad with zeros)", _choice(RESIZE_MODES)),
     Option("crop_fraction", "take the centre F of the resized image, as timm's crop_pct: resize to "
-           "size/F, then keep the model size (default: 1)", _fraction, "F"),
-    Option("interpolation", "resampling filter: bilinear, bicubic, area, nearest or lanczos3 "
-           "(default: bilinear)", _choice(INTERPOLATIONS)),
-    Option("antialias", "widen the filter when shrinking, so large photos are not aliased "
-           "(default: on)", _bool, boolean=True),
+           "size/F, then keep the model size", _fraction, "F"),
+    Option("interpolation", "resampling filter: bilinear, bicubic, area, nearest or lanczos3", _choice(INTERPOLATIONS)),
+    Option("antialias", "widen the filter when shrinking, so large photos are not aliased", _bool, boolean=True),
     Option("preset", "a named bundle of preprocessing choices that flags given explicitly "
            "override: keras (as keras.utils.image_dataset_from_directory), imagenet (as "
-           "timm/torchvision evaluation) (default: none)", _choice(tuple(PRESETS))),
-    Option("activation", "turn outputs into probabilities: auto detects logits once per run "
-           "(default: auto)", _choice(ACTIVATIONS)),
-    Option("recursive", "descend into subdirectories (default: recursive)", _bool, boolean=True, changes_values=False),
-    Option("extensions", f"file extensions to score (default: {','.join(DEFAULT_EXTENSIONS)})",
+           "timm/torchvision evaluation)", _choice(tuple(PRESETS)), shown_default="none"),
+    Option("activation", "turn outputs into probabilities: auto detects logits once per run", _choice(ACTIVATIONS)),
+    Option("recursive", "descend into subdirectories", _bool, boolean=True, changes_values=False,
+           shown_default="recursive"),
+    Option("extensions", "file extensions to score",
            _extensions, "LIST", changes_values=False),
-    Option("shard", "score only shard I of N, e.g. Airflow's map_index/N (default: 0/1)",
-           parse_shard, "I/N", changes_values=False),
-    Option("max_error_rate", "exit 3 when the share of error rows in this run exceeds R "
-           "(default: no limit)", _rate, "R", changes_values=False),
+    Option("shard", "score only shard I of N, e.g. Airflow's map_index/N",
+           parse_shard, "I/N", changes_values=False, shown_default="0/1"),
+    Option("max_error_rate", "exit 3 when the share of error rows in this run exceeds R", _rate, "R",
+           changes_values=False, shown_default="no limit"),
     Option("commit_every", "commit a Parquet part at least every N rows (sooner when the rows "
            "pending reach 32 MiB, as wide embeddings do, and every 30 s), which bounds what a "
-           "killed run loses and the size of a part (default: 2000)", _positive_int, "N",
+           "killed run loses and the size of a part", _positive_int, "N",
            changes_values=False),
-    Option("device", "where the model runs (default: auto, the GPU when there is one)",
-           _choice(DEVICES), changes_values=False),
+    Option("device", "where the model runs", _choice(DEVICES), changes_values=False,
+           shown_default="auto, the GPU when there is one"),
     Option("quiet", "no progress output, warnings only", _bool, switch=True, changes_values=False),
-    Option("log_format", "stderr log lines as text or one JSON object each (default: text)",
+    Option("log_format", "stderr log lines as text or one JSON object each",
            _choice(LOG_FORMATS), changes_values=False),
     Option("exif_transpose", "turn photos upright by their EXIF orientation before resizing, as "
-           "image viewers do (default: on)", _bool, boolean=True),
+           "image viewers do", _bool, boolean=True),
     Option("max_pixels", "refuse images whose header declares more pixels than this (all frames "
            "of a GIF), before decoding, as a `too-large` error row; a decoded image takes about 3 "
-           "bytes per pixel (default: 100000000)", _positive_int, "N"),
+           "bytes per pixel", _positive_int, "N"),
     Option("scaled_decode", "decode JPEGs much larger than the model input at 1/2, 1/4 or 1/8 "
-           "scale inside the decoder, never below the model size (default: on)", _bool, boolean=True),
+           "scale inside the decoder, never below the model size", _bool, boolean=True),
     Option("max_file_mb", "refuse files larger than this many MiB unread, as a `too-large` "
-           "error row (default: 512)", _positive_int, "MB"),
+           "error row", _positive_int, "MB"),
     Option("task", "classify writes the class columns (and an embedding when asked for); embed "
-           "writes only the embedding (default: classify)", _choice(TASKS)),
+           "writes only the embedding", _choice(TASKS)),
     Option("embedding_key", "signature output to write as `embedding`, a [batch, D] float vector",
            _text, "KEY"),
     Option("embedding_layer", "Keras files: the layer whose output is written as `embedding` "
@@ -321,22 +337,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("keep_output", "keep this float output raw as the column output_KEY; repeat the flag "
            "for more outputs", _keys, "KEY", repeatable=True),
     Option("normalize_embeddings", "store embeddings L2-normalised, so a dot product is the cosine "
-           "similarity (default: off)", _bool, boolean=True),
+           "similarity", _bool, boolean=True),
     Option("engine", "where files are decoded and scored: local (this process) or ray (a Ray "
-           "cluster) (default: local)", _choice(ENGINES), changes_values=False),
-    Option("ray_address", "Ray cluster to join, e.g. ray://head:10001 (default: $RAY_ADDRESS, "
-           "else a Ray started on this machine for the run)", _text, "ADDRESS", changes_values=False),
-    Option("concurrency", "model actors on the Ray cluster, each holding the model once "
-           "(default: 1)", _positive_int, "N", changes_values=False),
-    Option("num_gpus", "GPUs per Ray model actor, fractions allowed (default: 0)", _non_negative, "N", changes_values=False),
+           "cluster)", _choice(ENGINES), changes_values=False),
+    Option("ray_address", "Ray cluster to join, e.g. ray://head:10001", _text, "ADDRESS", changes_values=False,
+           shown_default="$RAY_ADDRESS, else a Ray started on this machine for the run"),
+    Option("concurrency", "model actors on the Ray cluster, each holding the model once", _positive_int, "N",
+           changes_values=False),
+    Option("num_gpus", "GPUs per Ray model actor, fractions allowed", _non_negative, "N", changes_values=False),
 )
 MANIFEST_OPTIONS = (
     Option("path_column", "manifest column holding each file's path or URL; relative paths are "
-           "taken from the manifest's folder (default: path)", _text, "NAME", changes_values=False),
+           "taken from the manifest's folder", _text, "NAME", changes_values=False),
     Option("keep_columns", "manifest columns copied into every row with their types, e.g. a "
-           "class column to review against (default: none)", _columns, "A,B"),
+           "class column to review against", _columns, "A,B", shown_default="none"),
 )
-OPTIONS = OPTIONS + MANIFEST_OPTIONS
+# A run option's default is RunConfig's, typed there once.
+OPTIONS = tuple(replace(option, default=RunConfig.__dataclass_fields__[option.name].default)
+                if RunConfig.__dataclass_fields__[option.name].default is not MISSING else option
+                for option in OPTIONS + MANIFEST_OPTIONS)
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
@@ -375,12 +394,12 @@ COMMAND_OPTIONS: dict[str, tuple[Option | str, ...]] = {
         Option("output", "directory to write suspects, duplicates, per_class and confusion "
                ".parquet to", _text, "REVIEW_DIR"),
         Option("similarity", "near duplicates: centred cosine similarity of the embeddings at least "
-               "S (default: from the data, a tenth of the typical distance between an image and "
-               "its nearest neighbour)", _cosine, "S"),
+               "S", _cosine, "S", shown_default="from the data, a tenth of the typical distance "
+               "between an image and its nearest neighbour"),
         JSON,
     ),
     "report": (
-        Option("input", f"{RUN_INPUT}, to embed thumbnails (default: no thumbnails)", _text, "DIR"),
+        Option("input", f"{RUN_INPUT}, to embed thumbnails", _text, "DIR", shown_default="no thumbnails"),
         Option("html", "HTML file to write", _text, "FILE", required=True),
         TRUTH,
     ),
@@ -392,10 +411,10 @@ COMMAND_OPTIONS: dict[str, tuple[Option | str, ...]] = {
         Option("dest", "file to write (csv, label-studio) or new or empty directory (imagefolder)",
                _text, "DEST", required=True),
         Option("input", f"{RUN_INPUT} (needed by imagefolder)", _text, "DIR"),
-        Option("min_score", "export only rows whose top-1 score is at least S (default: 0)",
-               _share, "S"),
+        Option("min_score", "export only rows whose top-1 score is at least S",
+               _share, "S", default=0.0),
         Option("link", "imagefolder: hard-link the images (copied when DEST is on another "
-               "filesystem) or copy them (default: hardlink)", _choice(LINKS), choices=LINKS),
+               "filesystem) or copy them", _choice(LINKS), choices=LINKS, default="hardlink"),
         Option("image_root", "label-studio: prefix of each task's image URL, followed by the "
                f"URL-quoted path (default: {LOCAL_FILES}, Label Studio's local files URL, which is "
                "relative to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: set that to the run's --input, "
@@ -423,7 +442,10 @@ def parse_command_options(command: str, values: dict[str, Any]) -> dict[str, Any
     if unknown:
         raise ConfigError(f"{command} takes no option(s) {', '.join(unknown)}; its options are "
                           f"{', '.join(options)}.")
-    return {name: options[name].parse(name, value) for name, value in values.items() if value is not None}
+    defaults = {entry.name: entry.default for entry in COMMAND_OPTIONS[command]
+                if isinstance(entry, Option) and entry.default is not None}
+    return {**defaults, **{name: options[name].parse(name, value) for name, value in values.items()
+                           if value is not None}}
 
 
 def add_options(parser: argparse.ArgumentParser, options: Iterable[Option | str]) -> None:
@@ -432,16 +454,16 @@ def add_options(parser: argparse.ArgumentParser, options: Iterable[Option | str]
     for option in (OPTIONS_BY_NAME[entry] if isinstance(entry, str) else entry for entry in options):
         if option.switch:
             parser.add_argument(_flag(option.name), action="store_true", default=argparse.SUPPRESS,
-                                help=option.help)
+                                help=option.help_text)
         elif option.repeatable:
             parser.add_argument(_flag(option.name), metavar=option.metavar, action="append",
-                                default=argparse.SUPPRESS, help=option.help)
+                                default=argparse.SUPPRESS, help=option.help_text)
         elif option.boolean:
             parser.add_argument(_flag(option.name), action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=option.help)
+                                default=argparse.SUPPRESS, help=option.help_text)
         else:
             parser.add_argument(_flag(option.name), metavar=option.metavar, choices=option.choices,
-                                required=option.required, default=argparse.SUPPRESS, help=option.help)
+                                required=option.required, default=argparse.SUPPRESS, help=option.help_text)
 
 
 def read_job_file(path: str) -> dict[str, Any]:
