@@ -65,6 +65,10 @@ def locate(path: str) -> ModelFile:
         if os.path.basename(path) in SAVED_MODEL_FILES:
             raise ConfigError(f"Model {path} is the graph file of a SavedModel; pass its directory "
                               f"{os.path.dirname(path) or '.'} instead.")
+        if path.lower().endswith(".pb"):
+            raise ConfigError(f"Model {path} is a frozen TensorFlow graph (a GraphDef), which has no "
+                              "signature saying what it takes; load it in TensorFlow and save a "
+                              "SavedModel with tf.saved_model.save(module, DIR), then pass DIR.")
         raise ConfigError(f"Model {path} is neither an HDF5 (.h5) nor a zip (.keras) Keras file, "
                           "whatever its name; --model must be one of those or a SavedModel directory "
                           "(one holding saved_model.pb).")

@@ -98,6 +98,10 @@ def read_keras(model_file: ModelFile, warned: list[str]):
     path = model_file.path
     suffix = ".h5" if model_file.kind == HDF5 else ".keras"
     version, config = _hdf5_facts(path) if model_file.kind == HDF5 else (None, "")
+    if model_file.kind == HDF5 and not config:
+        raise ConfigError(f"Keras file {path} holds only weights (model.save_weights), not a model; "
+                          "build the model in code, call model.load_weights(...) and save it with "
+                          "model.save('model.keras').")
     if version is not None and version.startswith("1."):
         raise ConfigError(f"Keras file {path} was saved by Keras {version}, which neither Keras 3 nor "
                           "tf_keras reads; load it in Keras 2.x and save it again with "

@@ -201,15 +201,22 @@ def test_keras_2_files_load_through_tf_keras_and_say_nothing_on_stderr(gray_imag
         np.testing.assert_allclose(scores(out), expected, atol=1e-5)
 
 
-def test_a_keras_1_file_is_refused_in_one_sentence(gray_images, tmp_path, capsys):
+def test_files_no_keras_reads_are_refused_in_one_sentence(gray_images, tmp_path, capsys):
     import h5py
 
-    path = tmp_path / "old.h5"
-    with h5py.File(path, "w") as handle:
+    old = tmp_path / "old.h5"
+    with h5py.File(old, "w") as handle:
         handle.attrs["keras_version"] = b"1.2.2"
         handle.attrs["model_config"] = b'{"class_name": "Sequential", "config": []}'
-    code, _, err = run_cli(capsys, "--model", str(path), "--input", gray_images, "--output", str(tmp_path / "out"))
-    assert code == 2 and "Keras 1.2.2" in err and len(err.strip().splitlines()) == 1, err
+    weights = tmp_path / "weights.h5"
+    flat_digits_model(tmp_path / "digits.keras").save_weights(str(tmp_path / "digits.weights.h5"))
+    shutil.copy(tmp_path / "digits.weights.h5", weights)
+    frozen = tmp_path / "frozen_inference_graph.pb"
+    frozen.write_bytes(b"\n\x0c\n\x05input")
+    for path, says in ((old, "Keras 1.2.2"), (weights, "only weights"), (frozen, "frozen TensorFlow graph")):
+        code, _, err = run_cli(capsys, "--model", str(path), "--input", gray_images, "--output", str(tmp_path / "out"))
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+        assert not os.path.exists(tmp_path / "out")
 
 
 def test_penultimate_reaches_a_dense_layer_in_a_nested_sequential(gray_images, tmp_path, capsys):
