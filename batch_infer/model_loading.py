@@ -61,6 +61,19 @@ def library_warnings() -> Iterator[list[str]]:
             logger.handlers, logger.propagate = handlers, propagate
 
 
+def _attempt(load, warned: list[str]) -> tuple[object | None, str]:
+    """(what `load()` returned, ""), or (None, the first line of its error); what the libraries
+    said meanwhile is added to `warned`. Loaders raise ValueError, OSError, TypeError... for a
+    file they cannot read, so any exception is a failed attempt."""
+    with library_warnings() as lines:
+        try:
+            result, failure = load(), ""
+        except Exception as error:
+            result, failure = None, first_line(error, 160)
+    warned.extend(lines)
+    return result, failure
+
+
 def have_tf_keras() -> bool:
     return importlib.util.find_spec("tf_keras") is not None
 
@@ -106,12 +119,8 @@ def read_keras(model_file: ModelFile, warned: list[str]):
         raise ConfigError(f"Keras file {path} was saved by Keras {version}, which neither Keras 3 nor "
                           "tf_keras reads; load it in Keras 2.x and save it again with "
                           "model.save('model.h5') there.")
-    with library_warnings() as lines, _named(path, suffix) as named:
-        try:
-            model = keras.saving.load_model(named, compile=False)
-        except Exception as error:  # Keras raises ValueError, OSError, TypeError... for bad files
-            model, failure = None, first_line(error, 160)
-    warned.extend(lines)
+    with _named(path, suffix) as named:
+        model, failure = _attempt(lambda: keras.saving.load_model(named, compile=False), warned)
     if model is None:
         model = _read_with_tf_keras(model_file, suffix, config, version, failure, warned)
     if not getattr(model, "inputs", None):
@@ -134,12 +143,8 @@ def _read_with_tf_keras(model_file: ModelFile, suffix: str, config: str, version
                           "model.export(DIR) where you trust the code.")
     import tf_keras
 
-    with library_warnings() as lines, _named(path, suffix) as named:
-        try:
-            model = tf_keras.models.load_model(named, compile=False)
-        except Exception as error:
-            model, legacy_failure = None, first_line(error, 160)
-    warned.extend(lines)
+    with _named(path, suffix) as named:
+        model, legacy_failure = _attempt(lambda: tf_keras.models.load_model(named, compile=False), warned)
     if model is None:
         raise ConfigError(f"Could not load the Keras file {path}{written}: Keras 3 said {failure!r} and "
                           f"tf_keras said {legacy_failure!r}; save it again with model.save('model.keras') "
@@ -151,13 +156,9 @@ def _read_with_tf_keras(model_file: ModelFile, suffix: str, config: str, version
 def read_saved_model(model_file: ModelFile, warned: list[str]):
     """(the loaded SavedModel, None), or (None, the Keras 2 model) when only tf_keras reads it."""
     path = model_file.path
-    with library_warnings() as lines:
-        try:
-            return tf.saved_model.load(path), None
-        except Exception as error:  # TF raises many unrelated types for a damaged model
-            failure = first_line(error)
-        finally:
-            warned.extend(lines)
+    loaded, failure = _attempt(lambda: tf.saved_model.load(path), warned)
+    if loaded is not None:
+        return loaded, None
     if not os.path.isfile(os.path.join(path, "keras_metadata.pb")):
         raise ConfigError(f"Could not load the SavedModel at {path} ({failure}); re-export it with "
                           "Keras model.export(DIR) or tf.saved_model.save(model, DIR).")
@@ -166,13 +167,9 @@ def read_saved_model(model_file: ModelFile, warned: list[str]):
                           f"(it holds keras_metadata.pb) and tf_keras reads it: {LEGACY_EXTRA}.")
     import tf_keras
 
-    with library_warnings() as lines:
-        try:
-            return None, tf_keras.models.load_model(path, compile=False)
-        except Exception as error:
-            legacy_failure = first_line(error)
-        finally:
-            warned.extend(lines)
+    keras_2, legacy_failure = _attempt(lambda: tf_keras.models.load_model(path, compile=False), warned)
+    if keras_2 is not None:
+        return None, keras_2
     raise ConfigError(f"Could not load the SavedModel at {path}: TensorFlow said {failure!r} and "
                       f"tf_keras said {legacy_failure!r}; re-export it from the code that trained it "
                       "with model.export(DIR).")
