@@ -1,11 +1,11 @@
-"""The only module that touches tf.saved_model and Keras: loading a model once, reading its
-signatures (or a Keras model's input and outputs), and calling it.
+"""A loaded model and how to feed it: its signatures (or a Keras model's input and outputs),
+the input it takes, the pixel scaling, and the call. Reading the files is `model_loading`'s
+(with `model_files` telling what a path holds); Keras models become a `Model` in `keras_model`.
 
 Most SavedModel mistakes are about what the signature expects, so everything about feeding it
-(input, size, channels, dtype) is decided here once, explained by `inspect`, and recorded in the
-output metadata. What its outputs mean is the business of `heads`: a `Model` only returns them,
-raw and by name. It runs over 400 lines because SavedModels and Keras files load side by side
-here, so that nothing else touches either API.
+(input, size, channels, dtype, scaling) is decided here once, explained by `inspect`, and
+recorded in the output metadata. What its outputs mean is the business of `heads`: a `Model`
+only returns them, raw and by name.
 """
 
 from __future__ import annotations
@@ -246,12 +246,6 @@ def load_model(path: str, signature: str = "serving_default", input_key: str | N
             model = model_for(loaded, model_file, signature, input_key, image_size, preprocess)
     model.library_lines = library_lines
     return model
-
-
-def load_saved_model(path: str):
-    """The loaded SavedModel at `path` (for `inspect`, which lists every signature)."""
-    loaded, keras_2 = read_saved_model(locate(path), [])
-    return loaded if loaded is not None else keras_2
 
 
 def model_for(loaded, model_file: ModelFile, signature: str, input_key: str | None,
