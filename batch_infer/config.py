@@ -40,6 +40,7 @@ ACTIVATIONS = ("auto", "softmax", "sigmoid", "none")
 DEVICES = ("auto", "cpu", "gpu")
 LOG_FORMATS = ("text", "json")
 ENGINES = ("local", "ray")
+RUNTIMES = ("tensorflow", "onnx")
 TASKS = ("classify", "embed")
 RAY_OPTIONS = ("ray_address", "concurrency", "num_gpus")
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff")
@@ -91,6 +92,7 @@ class RunConfig:
     embedding_layer: str | None = None
     keep_output: tuple[str, ...] = ()
     normalize_embeddings: bool = False
+    runtime: str = "tensorflow"
 
 
 # --- value parsers: accept the text of a flag or the native TOML value ---------------------------
@@ -338,6 +340,9 @@ OPTIONS: tuple[Option, ...] = (
            "for more outputs", _keys, "KEY", repeatable=True),
     Option("normalize_embeddings", "store embeddings L2-normalised, so a dot product is the cosine "
            "similarity", _bool, boolean=True),
+    Option("runtime", "what calls the model: tensorflow, or onnx (ONNX Runtime, on the model "
+           "converted once and cached; used only when it agrees with TensorFlow on the first batch, "
+           "else the run says so and stays on TensorFlow)", _choice(RUNTIMES)),
     Option("engine", "where files are decoded and scored: local (this process) or ray (a Ray "
            "cluster)", _choice(ENGINES), changes_values=False),
     Option("ray_address", "Ray cluster to join, e.g. ray://head:10001", _text, "ADDRESS", changes_values=False,
@@ -504,6 +509,7 @@ def build_config(given: dict[str, Any]) -> RunConfig:
     config = RunConfig(**parsed)
     _check_outputs(config)
     _check_engine(config, parsed)
+    _check_runtime(config)
     _check_paths(config)
     return config
 
@@ -568,6 +574,12 @@ def _check_engine(config: RunConfig, given: dict[str, Any]) -> None:
     if importlib.util.find_spec("ray") is None:
         raise ConfigError("--engine ray needs Ray, which is not installed; pip install "
                           "'batch-infer[ray]'.")
+
+
+def _check_runtime(config: RunConfig) -> None:
+    if config.runtime == "onnx" and not all(importlib.util.find_spec(name) for name in ("onnxruntime", "tf2onnx")):
+        raise ConfigError("--runtime onnx needs ONNX Runtime and tf2onnx, which are not installed; pip "
+                          "install 'batch-infer[onnx]', or drop --runtime onnx.")
 
 
 def _check_paths(config: RunConfig) -> None:

@@ -29,7 +29,7 @@ class LocalEngine:
 
         device = configure_device(self.config.device)
         self.threads = parallel.configure(device)
-        self.scorer = Scorer.load(self.config)
+        self.scorer = Scorer.load(self.config, self.threads)
         return self.scorer, {"device": device, "threads": self.threads.describe()}
 
     def score(self, todo: list[ListedFile]) -> Iterator[pa.Table]:

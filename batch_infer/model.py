@@ -204,6 +204,7 @@ class Model:
     found_at: str | None = None  # how the loaded path was found (a TF Serving version), in words
     warnings: list[str] = field(default_factory=list)  # sentences for the run's log, counted
     library_lines: list[str] = field(default_factory=list)  # what the libraries said while loading
+    onnx: object = None  # ONNX Runtime's call (`onnx_runtime`), once it passed the gate; else TensorFlow
 
     @property
     def where(self) -> str:
@@ -215,6 +216,8 @@ class Model:
     def predict(self, batch) -> dict[str, np.ndarray]:
         """Every output for a decoded [N, H, W, C] batch (or [N] encoded files)."""
         fed = self.spec.fed(batch)
+        if self.onnx is not None:
+            return self.onnx(fed)
         return {name: value.numpy() for name, value in self.function(**{self.input_key: fed}).items()}
 
     def metadata(self) -> dict[str, str]:

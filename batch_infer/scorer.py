@@ -21,7 +21,7 @@ from .decode.options import DecodeOptions
 from .decode.pipeline import DecodedBatch
 from .heads import Classification, Embedding, FileFacts, Head, KeptOutput
 from .listing import ListedFile
-from .model import Model, load_model
+from .model import Model, load_model, probe_batch
 from .preprocessing import preprocess
 from .tf_import import short_error, tf
 
@@ -95,8 +95,10 @@ class Scorer:
     """A loaded model, its heads and the decode options: everything both engines need to turn
     decoded batches into rows in one schema."""
 
-    def __init__(self, model: Model, heads: list[Head], decoding: DecodeOptions, task: str, batch_size: int):
+    def __init__(self, model: Model, heads: list[Head], decoding: DecodeOptions, task: str, batch_size: int,
+                 runtime=None):
         self.model = model
+        self.runtime = runtime  # an onnx_runtime.Runtime for --runtime onnx, until the gate decides
         self.batch_size = batch_size  # images per model call
         self.task = task
         self.heads = heads
@@ -110,13 +112,20 @@ class Scorer:
         self.fallback_pool = ThreadPoolExecutor(parallel.usable_cores(), thread_name_prefix="pillow")
 
     @classmethod
-    def load(cls, config: RunConfig) -> "Scorer":
-        """Loads the model and settles every choice before any file is read; ConfigError otherwise."""
+    def load(cls, config: RunConfig, threads: parallel.ThreadPlan | None = None) -> "Scorer":
+        """Loads the model and settles every choice before any file is read; ConfigError otherwise.
+        With --runtime onnx the model is converted here too, on `threads`' split of the cores."""
         model = load_model(config.model, config.signature, config.input_key, config.image_size,
                            config.preprocess, config.embedding_layer)
         decoding = DecodeOptions.from_config(config)
         check_resize_applies(model, decoding)
-        return cls(model, heads_for(model, config) + [FileFacts()], decoding, config.task, config.batch_size)
+        runtime = None
+        if config.runtime == "onnx":
+            from .onnx_runtime import Runtime
+
+            runtime = Runtime.prepare(model, threads.intra_op if threads is not None else 0)
+        return cls(model, heads_for(model, config) + [FileFacts()], decoding, config.task, config.batch_size,
+                   runtime)
 
     def advice(self, todo: list[ListedFile]) -> list[str]:
         """Sentences the run logs as warnings before it starts: the model's (a --preprocess that
@@ -126,7 +135,24 @@ class Scorer:
             checked = self._check_scaling(todo)
             if checked is not None:
                 sentences.append(checked)
-        return sentences
+        gated = self.gate_runtime(todo)
+        return sentences + ([gated] if gated is not None else [])
+
+    def gate_runtime(self, todo: list[ListedFile]) -> str | None:
+        """With --runtime onnx: the gate (`onnx_runtime`) on the first batch of `todo`, decoded
+        by Pillow as the scaling check decodes (the seeded probe images when none decode); the
+        sentence to warn with when the run stays on TensorFlow."""
+        if self.runtime is None:
+            return None
+        if self.runtime.call is None:  # not converted: nothing to compare
+            return self.runtime.gate(self.model, None, None)
+        decoded = [pixels for pixels, _ in self.fallback_pool.map(
+            lambda item: rescue(item, None, self.model.spec, self.decoding), todo[:self.batch_size])
+            if pixels is not None]
+        batch = self.model_inputs(decoded) if decoded else probe_batch(self.model.spec)
+        classes = next((head for head in self.heads if isinstance(head, Classification)), None)
+        top1 = None if classes is None else (lambda outputs: np.argmax(classes.scores(outputs), axis=1))
+        return self.runtime.gate(self.model, batch, top1)
 
     def _check_scaling(self, todo: list[ListedFile]) -> str | None:
         classes = next((head for head in self.heads if isinstance(head, Classification)), None)
@@ -139,7 +165,8 @@ class Scorer:
         return scaling.check(self.model.spec.preprocess, collapses, images)
 
     def metadata(self) -> dict[str, str]:
-        merged = {**self.model.metadata(), **self.decoding.metadata(), "task": self.task}
+        merged = {**self.model.metadata(), **self.decoding.metadata(), "task": self.task,
+                  **(self.runtime.metadata() if self.runtime is not None else {"runtime": "tensorflow"})}
         if self.scaling_check is not None:
             merged["preprocess_check"] = json.dumps(self.scaling_check)
         for head in self.heads:
