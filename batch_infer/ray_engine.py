@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -116,7 +117,9 @@ class RayEngine:
         yield refused
         if readable:
             files = ray.data.from_items([{"path": item.path, "fs_path": item.fs_path} for item in readable])
-            yield from scored(files, self.config).iter_batches(batch_format="pyarrow", batch_size=None)
+            # A runtime that failed the gate here is not tried again on the actors.
+            config = replace(self.config, runtime="onnx" if self.scorer.model.onnx is not None else "tensorflow")
+            yield from scored(files, config).iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 # Ray calls an actor with one batch at a time, and its streams wait for the slowest at the end of
@@ -155,7 +158,10 @@ class Actor:
 
         device = configure_device(config.device if config.num_gpus else "cpu")
         self.threads = parallel.configure(device, max(1, parallel.usable_cores() // config.concurrency))
-        self.scorer = Scorer.load(config)
+        self.scorer = Scorer.load(config, self.threads)
+        gated = self.scorer.gate_runtime([])  # on the probe images: the driver gated on the run's own
+        if gated is not None:
+            logging.getLogger("batch_infer").warning("%s", gated)
         self.decode = BytesDecoder(self.scorer.model.spec, self.scorer.decoding, self.threads.decode)
         self.batch_size = config.batch_size
 

@@ -244,3 +244,17 @@ def save_headless_extractor(path, dim: int = 32):
         images, module.kernel, 1, "SAME")), axis=(1, 2))}, input_signature=[spec])
     tf.saved_model.save(module, str(path), signatures={"serving_default": fn})
     return path
+
+
+def save_with_noise(path):
+    """Probabilities and a `noise` output drawn from TensorFlow's random generator: a model that
+    converts to ONNX without an error but whose ONNX twin draws other numbers."""
+    module = PixelClassifier()
+    spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="images")
+
+    def outputs(images):
+        probabilities = tf.nn.softmax(module.logits(images))
+        return {"probabilities": probabilities, "noise": tf.random.uniform(tf.shape(probabilities), seed=1)}
+
+    tf.saved_model.save(module, str(path), signatures={"serving_default": tf.function(outputs, input_signature=[spec])})
+    return path
