@@ -32,6 +32,7 @@ readme: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/runtimes.py
 	$(BIN)/python benchmarks/decode_cost.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/startup.py

@@ -65,7 +65,7 @@ class OnnxCall:
         return dict(zip(self.outputs, self.session.run(self.outputs, {self.input: np.asarray(fed)})))
 
 
-def _input_spec(model: Model) -> tf.TensorSpec:
+def fed_spec(model: Model) -> tf.TensorSpec:
     """The input as the model is fed in this run: the image size settled, the batch open."""
     from .model import probe_batch
 
@@ -126,9 +126,12 @@ class Runtime:
         if model.spec.encoded:
             return cls(None, f"{model.where} takes encoded image bytes and decodes them with TensorFlow "
                              "ops that ONNX has no equivalent for")
+        if tf.config.list_logical_devices("GPU"):
+            return cls(None, "the model runs on the GPU, and the onnx extra's ONNX Runtime runs on the "
+                             "CPU only (use --device cpu to compare)")
         started = time.monotonic()
         try:
-            path, cached = converted(model, _input_spec(model))
+            path, cached = converted(model, fed_spec(model))
             return cls(OnnxCall(path, intra_op), cached=cached, convert_s=time.monotonic() - started)
         except Exception as error:  # tf2onnx and onnxruntime raise many types for what they cannot take
             return cls(None, f"{model.where} could not be converted to ONNX ({type(error).__name__}: "
@@ -150,7 +153,7 @@ class Runtime:
         missing = sorted(set(expected) - set(got))
         if missing:
             return f"--runtime onnx: the converted model lacks the output(s) {', '.join(missing)}{fallback}"
-        self.max_difference = max(_difference(expected[name], got[name]) for name in expected)
+        self.max_difference = max(largest_difference(expected[name], got[name]) for name in expected)
         flipped = 0 if top1 is None else int(np.sum(top1(expected) != top1(got)))
         if not self.max_difference <= TOLERANCE or flipped:
             why = (f"top-1 class differs on {flipped} of {images} images" if flipped
@@ -174,7 +177,7 @@ class Runtime:
         return used
 
 
-def _difference(expected: np.ndarray, got: np.ndarray) -> float:
+def largest_difference(expected: np.ndarray, got: np.ndarray) -> float:
     """The largest absolute difference; infinite when the shapes differ or any value is NaN."""
     if expected.shape != got.shape:
         return float("inf")
