@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from .atomic import write_atomically
 from .fingerprint import model_identity
 from .model import Model
 from .model_loading import first_line, library_warnings
@@ -93,10 +93,15 @@ def converted(model: Model, spec: tf.TensorSpec) -> tuple[str, bool]:
     import tf2onnx
 
     call = tf.function(lambda image: model.function(**{model.input_key: image}), input_signature=[spec])
-    with library_warnings():  # the converter logs each graph rewrite
+    with library_warnings():  # what TensorFlow says while the graph is frozen stays off stderr
         proto, _ = tf2onnx.convert.from_function(call, input_signature=[spec])
+    # Under a name of its own, then renamed: shards starting together may convert the same model.
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_atomically(path, lambda handle: handle.write(proto.SerializeToString()))
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix=".", suffix=".tmp", delete=False) as handle:
+        handle.write(proto.SerializeToString())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
     return path, False
 
 
@@ -117,7 +122,6 @@ class Runtime:
     convert_s: float = 0.0
     max_difference: float | None = None
     used: bool = False
-    outputs: list[str] = field(default_factory=list)
 
     @classmethod
     def prepare(cls, model: Model, intra_op: int) -> "Runtime":

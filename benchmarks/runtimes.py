@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
@@ -47,13 +49,24 @@ os.environ.setdefault("BATCH_INFER_CACHE_DIR", os.path.join(corpora.ROOT, "cache
 
 
 def make_family(name: str) -> str:
-    """The family's SavedModel under benchmarks/corpora/, made once."""
-    path = os.path.join(corpora.ROOT, name)
+    """The family's SavedModel under benchmarks/corpora/runtime_NAME, made once.
+
+    With random weights and fresh batch-norm statistics every image comes out as the same
+    uniform 1/1000, so the gate would compare constants: the statistics are first set from one
+    batch of seeded random images (momentum 0), which makes the outputs differ by image."""
+    path = os.path.join(corpora.ROOT, f"runtime_{name}")
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
         import keras
 
         keras.utils.set_random_seed(0)
-        getattr(keras.applications, FAMILIES[name])(weights=None).export(path, verbose=False)
+        model = getattr(keras.applications, FAMILIES[name])(weights=None)
+        module = {"mobilenet_v2": "mobilenet_v2", "efficientnet_b0": "efficientnet", "resnet50": "resnet50"}[name]
+        pixels = np.random.default_rng(0).uniform(0, 255, (16, 224, 224, 3)).astype(np.float32)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.0
+        model(getattr(keras.applications, module).preprocess_input(pixels), training=True)
+        model.export(path, verbose=False)
     return path
 
 
