@@ -14,7 +14,8 @@ exported with `model.export` (random weights: speed does not depend on them).
   runtimes taking turns, median of `--pairs` pairs; with the runtime that actually scored (the
   gate may keep TensorFlow) and the share of files whose top-k is identical in the two outputs.
 
-Prints the load average before and after each model: judge figures taken on a quiet machine only.
+Prints the load average before and after each model, and leaves the ratios out when it was
+above bench.py's QUIET_LOAD, unless --busy-ok.
 
     python benchmarks/runtimes.py [--models mobilenet_v2,efficientnet_b0,resnet50] [--quick]
 
@@ -40,6 +41,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import corpora  # noqa: E402
+from bench import QUIET_LOAD  # noqa: E402
 
 BATCH = 32
 FAMILIES = {"mobilenet_v2": "MobileNetV2", "efficientnet_b0": "EfficientNetB0", "resnet50": "ResNet50"}
@@ -68,10 +70,6 @@ def make_family(name: str) -> str:
         model(getattr(keras.applications, module).preprocess_input(pixels), training=True)
         model.export(path, verbose=False)
     return path
-
-
-def load_avg() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def model_limits(path: str, rounds: int, batches: int) -> dict:
@@ -144,6 +142,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the model limit (default: 5)")
     parser.add_argument("--batches", type=int, default=10, help="batches per round (default: 10)")
     parser.add_argument("--pairs", type=int, default=3, help="end-to-end pairs per runtime (default: 3)")
+    parser.add_argument("--busy-ok", action="store_true",
+                        help=f"print the ratios even when the load average was above {QUIET_LOAD}")
     parser.add_argument("--quick", action="store_true", help="MobileNetV2, 2 rounds of 2 batches, one pair "
                         "on the photos once over: checks that it works, measures nothing")
     args = parser.parse_args()
@@ -156,25 +156,30 @@ def main() -> None:
     folder = corpora.repeated(photos, copies) if copies > 1 else photos
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, "
           f"batch size {BATCH}, photos x{copies}", flush=True)
-    rows = []
+    rows, busiest = [], 0.0
     for name in names:
-        before = load_avg()
+        before = os.getloadavg()[0]
         path = make_family(name)
         limits = model_limits(path, args.rounds, args.batches)
         e2e = end_to_end(path, folder, args.pairs)
-        rows.append((FAMILIES[name], f"{limits['tensorflow']:.1f}", f"{limits['onnx']:.1f}",
-                     f"{limits['onnx'] / limits['tensorflow']:.2f}x", f"{limits['max_difference']:.1e}",
-                     "yes" if limits["top1_same"] else "NO",
-                     "cached" if limits["convert_s"] is None else f"{limits['convert_s']:.1f}",
-                     f"{e2e['tensorflow']:.1f}", f"{e2e['onnx']:.1f}", f"{e2e['onnx'] / e2e['tensorflow']:.2f}x",
-                     e2e["scored_by"], f"{e2e['top_k_same']:.2%}", before, load_avg()))
-        print(f"measured {name}", file=sys.stderr, flush=True)
-    header = ("model", "limit TF", "limit ONNX", "ONNX/TF", "gate max diff", "top-1 same", "convert s",
-              "photos TF", "photos --runtime onnx", "ONNX/TF", "scored by", "top-k same", "load before",
-              "load after")
+        after = os.getloadavg()[0]
+        busiest = max(busiest, before, after)
+        print(f"{name}: load average {before:.2f} before, {after:.2f} after", file=sys.stderr, flush=True)
+        rows.append({"model": FAMILIES[name], "limit TF": f"{limits['tensorflow']:.1f}",
+                     "limit ONNX": f"{limits['onnx']:.1f}", "limit ONNX/TF": f"{limits['onnx'] / limits['tensorflow']:.2f}x",
+                     "gate max diff": f"{limits['max_difference']:.1e}", "top-1 same": "yes" if limits["top1_same"] else "NO",
+                     "convert s": "cached" if limits["convert_s"] is None else f"{limits['convert_s']:.1f}",
+                     "photos TF": f"{e2e['tensorflow']:.1f}", "photos --runtime onnx": f"{e2e['onnx']:.1f}",
+                     "photos ONNX/TF": f"{e2e['onnx'] / e2e['tensorflow']:.2f}x", "scored by": e2e["scored_by"],
+                     "top-k same": f"{e2e['top_k_same']:.2%}", "load before / after": f"{before:.2f} / {after:.2f}"})
+    busy = busiest > QUIET_LOAD and not args.busy_ok
+    header = [key for key in rows[0] if not (busy and key.endswith("ONNX/TF"))]
     print("\nimages/s:\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
-        print("| " + " | ".join(row) + " |")
+        print("| " + " | ".join(row[key] for key in header) + " |")
+    if busy:
+        print(f"\nratios left out: the load average reached {busiest:.2f}, above {QUIET_LOAD}; other work "
+              "was running, which hides real gaps. Run again on a quiet machine, or pass --busy-ok.")
 
 
 if __name__ == "__main__":
