@@ -20,18 +20,6 @@ from batch_infer.onnx_runtime import CACHE_ENV, TOLERANCE
 WARNING = "batch-infer: --runtime onnx: "
 
 
-@pytest.fixture(scope="module", autouse=True)
-def conversion_cache(tmp_path_factory):
-    """One cache of conversions for the module, never the user's own."""
-    saved = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("cache"))
-    yield os.environ[CACHE_ENV]
-    if saved is None:
-        del os.environ[CACHE_ENV]
-    else:
-        os.environ[CACHE_ENV] = saved
-
-
 @pytest.fixture(scope="module")
 def runtime_models(model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("runtime_models")

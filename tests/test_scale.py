@@ -141,6 +141,16 @@ def test_ray_engine_gives_the_local_table_row_for_row(ray_cluster, corrupt_dir, 
     assert code == 0 and summary["skipped"] == 50 and summary["ok"] == 0, err
 
 
+def test_ray_engine_on_onnx_runtime_gives_the_local_table(ray_cluster, corrupt_dir, baseline, tmp_path, capsys):
+    """The driver gates; the actors take its conversion from the cache and score on ONNX Runtime."""
+    output = str(tmp_path / "ray-onnx")
+    code, summary, err = run_cli(capsys, "--model", SAMPLE_MODEL, "--input", corrupt_dir, "--output", output,
+                                 "--engine", "ray", "--runtime", "onnx")
+    assert code == 0 and "--runtime onnx:" not in err, err
+    assert_same_rows(read_output(output), baseline)
+    assert read_metadata(output)["runtime"] == "onnx" and "agreed with TensorFlow" in err
+
+
 def test_more_actors_than_cpus_is_refused_before_any_work(ray_cluster, corrupt_dir, tmp_path, capsys):
     output = str(tmp_path / "out")
     code, summary, err = run_cli(capsys, "--model", SAMPLE_MODEL, "--input", corrupt_dir,
