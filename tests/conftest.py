@@ -24,12 +24,13 @@ SAMPLE_MODEL = os.path.join(REPO, "sample_data", "digits_model")
 SAMPLE_IMAGES = os.path.join(REPO, "sample_data", "images")
 
 
+CACHE_ENV = "BATCH_INFER_CACHE_DIR"  # onnx_runtime.CACHE_ENV, named here without importing TensorFlow
+
+
 @pytest.fixture(scope="session", autouse=True)
 def conversion_cache(tmp_path_factory):
     """One cache of --runtime onnx conversions for the session, never the user's own; set before
     any Ray worker starts, as they take the environment the session had then."""
-    from batch_infer.onnx_runtime import CACHE_ENV
-
     saved = os.environ.get(CACHE_ENV)
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("conversion_cache"))
     yield os.environ[CACHE_ENV]
