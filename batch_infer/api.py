@@ -153,7 +153,8 @@ def review(out: str, truth: str, output: str | None = None, **options: Any) -> d
         truth: "folder" (the first folder of each path) or "column:NAME" (a kept manifest column).
         output: a directory to write suspects, duplicates, per_class and confusion .parquet to.
         **options: similarity, the cosine similarity at which embeddings are near copies
-            (default: from the data).
+            (default: from the data); phash_distance, the phash bits at most that differ
+            between near copies, or "off" (default: 4).
 
     Returns:
         The summary: accuracy, matched and unmatched given labels, suspects and duplicate counts.
@@ -171,7 +172,7 @@ def reviewed(out: str, **options: Any) -> Review:
     given = parse_command_options("review", options)
     if "truth" not in given:
         raise ConfigError("review needs --truth folder or --truth column:NAME.")
-    found = load(out, Truth.parse(given["truth"]), given.get("similarity"))
+    found = load(out, Truth.parse(given["truth"]), given.get("similarity"), given.get("phash_distance"))
     if given.get("output"):
         found.write(given["output"])
     return found

@@ -103,7 +103,7 @@ COMMANDS = (
             "labels, duplicates",
             "Compare the predictions in OUT with given labels: accuracy, per-class metrics, the "
             "confusion matrix, rows whose label the model doubts, and duplicate groups (exact by "
-            "content_hash, near by embedding when OUT has one). "
+            "content_hash; near by phash, and by embedding when OUT has one). "
             "Example: batch-infer review scores/ --truth folder --output review/", _review,
             ("out", "OUT", OUT_HELP)),
     Command("report", "write a self-contained HTML report of an output dataset",

@@ -88,10 +88,10 @@ def auto_threshold(vectors: np.ndarray, seed: int = 0) -> float:
     return round(1.0 - AUTO_FACTOR * median_distance, 6)
 
 
-def near_pairs(vectors: np.ndarray, threshold: float | None = None) -> tuple[Pairs, float, int]:
+def near_pairs(vectors: np.ndarray, threshold: float | None = None) -> tuple[Pairs, float, np.ndarray]:
     """(every pair of rows whose centred cosine similarity is at least `threshold` and neither of
-    which is crowded, the threshold used: `auto_threshold` when None, the crowded rows), by
-    blocked products over the upper triangle only. `vectors` (float32) are centred and scaled
+    which is crowded, the threshold used: `auto_threshold` when None, which rows are crowded),
+    by blocked products over the upper triangle only. `vectors` (float32) are centred and scaled
     in place."""
     vectors = unit_centred(vectors)
     rows = len(vectors)
@@ -107,13 +107,17 @@ def near_pairs(vectors: np.ndarray, threshold: float | None = None) -> tuple[Pai
             keep = i < j
             found.append((i[keep], j[keep], similarity[i[keep] - top, j[keep] - left]))
     if not found:
-        return Pairs.empty(), threshold, 0
-    pairs = Pairs(*(np.concatenate(parts) for parts in zip(*found)))
+        return Pairs.empty(), threshold, np.zeros(rows, bool)
+    pairs, crowded = without_crowds(Pairs(*(np.concatenate(parts) for parts in zip(*found))), rows)
+    return pairs, threshold, crowded
+
+
+def without_crowds(pairs: Pairs, rows: int) -> tuple[Pairs, np.ndarray]:
+    """(the pairs neither of whose rows has more than CROWD neighbours, which rows have)."""
     neighbours = np.bincount(pairs.first, minlength=rows) + np.bincount(pairs.second, minlength=rows)
     crowded = neighbours > CROWD
     keep = ~(crowded[pairs.first] | crowded[pairs.second])
-    return (Pairs(pairs.first[keep], pairs.second[keep], pairs.similarity[keep]), threshold,
-            int(crowded.sum()))
+    return Pairs(pairs.first[keep], pairs.second[keep], pairs.similarity[keep]), crowded
 
 
 def components(rows: int, *pairs: Pairs) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 One pass over OUT gives the metrics (accuracy, top-k accuracy, per-class precision/recall/F1,
 the confusion matrix), the rows whose given label the model doubts most, and the duplicate
-groups (exact by content hash, near by embedding). This is the one place it is computed: the
-`review` command, the report's review section and the Label Studio export of review tasks all
+groups (exact by content hash, near by phash or embedding). This is the one place it is
+computed: the `review` command, the report's review section and the Label Studio export of review tasks all
 use `load` and `Review`.
 
 Suspects are ranked by doubt, the predicted class's score minus the given label's (0 when the
@@ -24,16 +24,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import duplicates, storage
+from . import duplicates, hamming, perceptual, storage
 from .atomic import write_atomically
-from .config import ConfigError
+from .config import PHASH_DISTANCE, ConfigError
 from .labels import Matching, match_labels
+from .vectors import read_embeddings
 
 COLUMNS = ["path", "status", "label", "score", "top_k_labels", "top_k_indices", "top_k_scores"]
 MOST_CONFUSED = 10
 TRAINED_ON_NOTE = ("Predictions on images the model was trained on are overconfident: there the "
                    "suspects are a floor, not a census of wrong labels.")
 FILES = ("suspects", "duplicates", "per_class", "confusion")
+# What found a pair, in the order the `signal` column lists them.
+SIGNALS = ("content_hash", "phash", "embedding")
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,10 @@ class Review:
     confusion: pd.DataFrame
     suspects: pd.DataFrame
     duplicates: pd.DataFrame
-    near_threshold: float | None  # None: OUT has no embedding, so only exact duplicates
+    near_threshold: float | None  # None: OUT has no embedding
     threshold_source: str  # "auto" or "--similarity"
+    phash_distance: int | None  # None: OUT has no phash column (or --phash-distance off)
+    pairs_by_signal: dict[str, int]  # duplicate pairs each signal found
     crowded: int  # rows left out of near pairs: more than duplicates.CROWD neighbours
     warnings: list[str]
 
@@ -129,6 +134,7 @@ class Review:
             "duplicate_groups": len(groups), "duplicate_files": len(self.duplicates),
             "mixed_label_groups": int(groups.mixed_labels.sum()), "near_threshold": self.near_threshold,
             "near_threshold_source": self.threshold_source if self.near_threshold is not None else None,
+            "phash_distance": self.phash_distance, "pairs_by_signal": self.pairs_by_signal,
             "crowded": self.crowded,
             "warnings": self.warnings, "review": os.path.abspath(review_dir) if review_dir else None,
         }
@@ -156,19 +162,30 @@ class Review:
         for row in self.suspects.head(5).itertuples():
             lines.append(f"  {row.rank}. {row.path}: {row.reason}")
         lines.append(f"  {TRAINED_ON_NOTE}")
-        near = ("no embedding in OUT, so exact copies only (run with --embedding-key or "
-                "--embedding-layer to find near copies)" if self.near_threshold is None
-                else f"near copies at centred cosine similarity >= {self.near_threshold} ({self.threshold_source})")
         lines.append(f"duplicates: {_count(summary['duplicate_groups'], 'group')} of "
                      f"{_count(summary['duplicate_files'], 'file')}, {summary['mixed_label_groups']} with "
-                     f"different given labels; {near}")
+                     f"different given labels; {self._near_text()}")
         if self.crowded:
             lines.append(f"  {_count(self.crowded, 'image')} left out of near copies: each is as close as a "
-                         f"copy to more than {duplicates.CROWD} others, so the embedding cannot tell them apart")
+                         f"copy to more than {duplicates.CROWD} others, so the fingerprint or embedding cannot "
+                         "tell them apart")
         lines += [f"warning: {warning}" for warning in self.warnings]
         if review_dir:
             lines.append(f"wrote {', '.join(name + '.parquet' for name in FILES)} to {os.path.abspath(review_dir)}")
         return "\n".join(lines)
+
+    def _near_text(self) -> str:
+        """How near copies were looked for, and the pairs each signal found."""
+        ways = []
+        if self.phash_distance is not None:
+            ways.append(f"by phash within {self.phash_distance} bits: {_count(self.pairs_by_signal['phash'], 'pair')}")
+        if self.near_threshold is not None:
+            ways.append(f"by embedding at centred cosine similarity >= {self.near_threshold} ({self.threshold_source}): "
+                        f"{_count(self.pairs_by_signal['embedding'], 'pair')}")
+        if not ways:
+            return ("no phash or embedding in OUT, so exact copies only (score again with this version for "
+                    "the phash column, or with --embedding-key or --embedding-layer)")
+        return "near copies " + "; ".join(ways)
 
     def write(self, review_dir: str) -> None:
         os.makedirs(review_dir, exist_ok=True)
@@ -186,12 +203,14 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def load(output: str, truth: Truth, similarity: float | None = None) -> Review:
-    """The review of OUT against `truth`; ConfigError when OUT has no class scores, lacks the
-    truth column, or no given label matches a model label."""
+def load(output: str, truth: Truth, similarity: float | None = None,
+         phash_distance: int | None = PHASH_DISTANCE) -> Review:
+    """The review of OUT against `truth`, near copies by embedding at `similarity` (None: from
+    the data) and by phash within `phash_distance` bits (None: not by phash); ConfigError when
+    OUT has no class scores, lacks the truth column, or no given label matches a model label."""
     from .output import read_parts  # pyarrow only now: `--help` stays fast
 
-    extra = ["content_hash", "embedding"] + ([truth.column] if truth.column else [])
+    extra = ["content_hash", "phash"] + ([truth.column] if truth.column else [])
     table, metadata = read_parts(storage.absolute(output), ["path", "status"], optional=COLUMNS[2:] + extra)
     if "label" not in table.column_names:
         raise ConfigError(f"{output} has no predictions (it was scored with --task embed); review needs "
@@ -199,9 +218,9 @@ def load(output: str, truth: Truth, similarity: float | None = None) -> Review:
     if truth.column and truth.column not in table.column_names:
         raise ConfigError(f"{output} has no column {truth.column!r}; score a manifest with --keep-columns "
                           f"{truth.column} to keep it, or use --truth folder.")
-    embeddings = _embeddings(table)
-    rows = table.drop_columns([name for name in ("embedding",) if name in table.column_names]).to_pandas()
-    del table  # the Arrow copy of the embeddings: `embeddings` holds them now
+    rows = table.to_pandas()
+    del table
+    embeddings = read_embeddings(storage.absolute(output), rows.path.tolist())
     labels = model_labels(rows, metadata)
     given = truth.names(rows)
     matching = match_labels(given.dropna().value_counts().to_dict(), labels)
@@ -213,34 +232,19 @@ def load(output: str, truth: Truth, similarity: float | None = None) -> Review:
     true = given.map(matching.label_of)
     scored = _scored(rows[ok & true.notna()], given, true)
     warnings = _sorted_folder_warning(rows[ok & given.notna()], given, labels, matching)
-    found, threshold, crowded = _duplicates(rows, given, embeddings, similarity)
+    found, threshold, used_distance, pairs_by_signal, crowded = _duplicates(rows, given, embeddings, similarity,
+                                                                            phash_distance)
     return Review(
         output=storage.absolute(output), truth=truth, rows=len(rows), ok=int(ok.sum()),
         top_k=int(max((len(k) for k in rows.top_k_labels[ok]), default=0)), matching=matching,
         labels=labels, scored=scored, per_class=_per_class(scored), confusion=_confusion(scored),
         suspects=_suspects(scored), duplicates=found, near_threshold=threshold, crowded=crowded,
-        threshold_source="auto" if similarity is None else "--similarity", warnings=warnings)
+        threshold_source="auto" if similarity is None else "--similarity", phash_distance=used_distance,
+        pairs_by_signal=pairs_by_signal, warnings=warnings)
 
 
 def _few(names: list[str], shown: int = 8) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
-def _embeddings(table: pa.Table) -> tuple[np.ndarray, np.ndarray] | None:
-    """(numbers of the rows that have an embedding, their vectors [rows, D] float32), copied once
-    from the Parquet column chunk by chunk; None when OUT has no embedding column."""
-    if "embedding" not in table.column_names:
-        return None
-    column = table.column("embedding")
-    has = np.concatenate([chunk.is_valid().to_numpy(zero_copy_only=False) for chunk in column.chunks]
-                         or [np.zeros(0, bool)])
-    vectors = np.empty((int(has.sum()), column.type.list_size), np.float32)
-    filled = 0
-    for chunk in column.chunks:
-        values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)
-        vectors[filled:filled + len(values)] = values
-        filled += len(values)
-    return np.flatnonzero(has), vectors
 
 
 def _scored(rows: pd.DataFrame, given: pd.Series, true: pd.Series) -> pd.DataFrame:
@@ -330,34 +334,69 @@ def _sorted_folder_warning(rows: pd.DataFrame, given: pd.Series, labels: list[st
 
 
 def _duplicates(rows: pd.DataFrame, given: pd.Series, embeddings: tuple[np.ndarray, np.ndarray] | None,
-                similarity: float | None) -> tuple[pd.DataFrame, float | None, int]:
-    """(one row per file in a group of two or more, the near-copy threshold used: None without
-    embeddings, the rows too crowded for near pairs). Exact copies have the same content_hash, whatever their status; near copies
-    are ok rows whose embeddings are alike."""
+                similarity: float | None, phash_distance: int | None
+                ) -> tuple[pd.DataFrame, float | None, int | None, dict[str, int], int]:
+    """(one row per file in a group of two or more, the embedding threshold used (None without
+    embeddings), the phash distance used (None without phash), the pairs each signal found, the
+    rows too crowded for near pairs). Exact copies have the same content_hash, whatever their
+    status; near copies are ok rows whose phash values or embeddings are alike. A pair found
+    either way joins a group (the union), and each member's `signal` names what joined it."""
     count = len(rows)
     hashes = rows.content_hash.where(rows.content_hash.notna(), None).tolist() if "content_hash" in rows else [None] * count
-    found, threshold, crowded = [duplicates.exact_pairs(hashes)], None, 0
+    found = {"content_hash": duplicates.exact_pairs(hashes)}
+    crowded = np.zeros(count, bool)
+    threshold = used_distance = None
+    if "phash" in rows and phash_distance is not None:
+        pairs, crowd = _phash_pairs(rows.phash.tolist(), hashes, phash_distance)
+        if pairs is not None:
+            found["phash"], used_distance = pairs, phash_distance
+            crowded |= crowd
     if embeddings is not None:  # only ok rows have one
         numbers, vectors = embeddings
-        near, threshold, crowded = duplicates.near_pairs(vectors, similarity)
-        found.append(duplicates.Pairs(numbers[near.first], numbers[near.second], near.similarity))
-    component = duplicates.components(count, *found)
-    best = duplicates.best_similarity(count, *found)
+        near, threshold, crowd = duplicates.near_pairs(vectors, similarity)
+        found["embedding"] = duplicates.Pairs(numbers[near.first], numbers[near.second], near.similarity)
+        crowded[numbers] |= crowd
+    component = duplicates.components(count, *found.values())
+    best = duplicates.best_similarity(count, *found.values())
     sizes = np.bincount(component, minlength=count)
     members = np.flatnonzero(sizes[component] >= 2)
+    paired = {name: np.isin(np.arange(count), np.concatenate([pairs.first, pairs.second]))
+              for name, pairs in found.items()}
+    signal = ["+".join(name for name in SIGNALS if name in paired and paired[name][row]) for row in members]
     frame = pd.DataFrame({"component": component[members], "path": rows.path.to_numpy()[members],
                           "hash": np.array(hashes, dtype=object)[members],
                           "similarity": best[members].astype(np.float64),
-                          "given": given.to_numpy()[members], "predicted": rows.label.to_numpy()[members]})
-    if frame.empty:
-        return _NO_DUPLICATES.copy(), threshold, crowded
-    return _numbered(frame), threshold, crowded
+                          "given": given.to_numpy()[members], "predicted": rows.label.to_numpy()[members],
+                          "signal": np.array(signal, dtype=object)})
+    counts = {name: len(pairs.first) for name, pairs in found.items()}
+    result = _NO_DUPLICATES.copy() if frame.empty else _numbered(frame)
+    return result, threshold, used_distance, counts, int(crowded.sum())
+
+
+def _phash_pairs(texts: list, hashes: list[str | None], max_bits: int
+                 ) -> tuple[duplicates.Pairs | None, np.ndarray]:
+    """(pairs of rows whose phash values differ in at most `max_bits` bits, which rows are
+    crowded); (None, ...) when no row has a phash. One row per content_hash takes part: exact
+    copies are grouped by their hash, and would otherwise crowd out an image copied often."""
+    positions, codes = perceptual.from_text(texts)
+    crowded = np.zeros(len(texts), bool)
+    if not len(positions):
+        return None, crowded
+    first_of_file, seen = np.ones(len(positions), bool), set()
+    for n, position in enumerate(positions.tolist()):
+        if hashes[position] is not None:
+            first_of_file[n] = hashes[position] not in seen
+            seen.add(hashes[position])
+    positions, codes = positions[first_of_file], codes[first_of_file]
+    near, crowd = duplicates.without_crowds(hamming.near_pairs(codes, max_bits), len(codes))
+    crowded[positions] = crowd
+    return duplicates.Pairs(positions[near.first], positions[near.second], near.similarity), crowded
 
 
 _NO_DUPLICATES = pd.DataFrame({
     "group": pd.Series(dtype=np.int64), "path": pd.Series(dtype=object), "kind": pd.Series(dtype=object),
     "similarity": pd.Series(dtype=np.float64), "given": pd.Series(dtype=object),
-    "predicted": pd.Series(dtype=object), "mixed_labels": pd.Series(dtype=bool)})
+    "predicted": pd.Series(dtype=object), "mixed_labels": pd.Series(dtype=bool), "signal": pd.Series(dtype=object)})
 
 
 def _numbered(frame: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from . import perceptual
 from .config import ConfigError
 from .labels import resolve_labels
 from .model import Model, TensorInfo
@@ -288,26 +289,33 @@ class KeptOutput:
 
 class FileFacts:
     """What each file says of itself, from the decoder: its stored size (before any turn or
-    resize; null when the header does not say) and a fingerprint of its bytes, for exact
-    duplicates."""
+    resize; null when the header does not say), a fingerprint of its bytes, for exact
+    duplicates, and a perceptual fingerprint of its pixels (`perceptual`), for near copies."""
 
     FIELDS = [pa.field("width", pa.int32()), pa.field("height", pa.int32()),
-              pa.field("content_hash", pa.string())]
+              pa.field("content_hash", pa.string()), pa.field("phash", pa.string())]
 
     def fields(self) -> list[pa.Field]:
         return self.FIELDS
 
     def columns(self, outputs: dict[str, np.ndarray]) -> dict[str, pa.Array]:
-        """Nulls for pixels that did not come from the decode graph (the Pillow fallback)."""
-        if "content_hash" not in outputs:
-            rows = len(next(iter(outputs.values())))
-            return {field.name: pa.nulls(rows, field.type) for field in self.FIELDS}
-        return {"width": pa.array(outputs["width"], pa.int32(), mask=outputs["width"] == 0),
-                "height": pa.array(outputs["height"], pa.int32(), mask=outputs["height"] == 0),
-                "content_hash": pa.array([bytes(row).hex() for row in outputs["content_hash"]], pa.string())}
+        """Each fact the decoder gave; nulls for one it did not (the Pillow fallback reads no
+        header; a model that takes encoded bytes leaves no pixels to fingerprint)."""
+        rows = len(next(iter(outputs.values())))
+        columns = {field.name: pa.nulls(rows, field.type) for field in self.FIELDS}
+        if "width" in outputs:
+            columns["width"] = pa.array(outputs["width"], pa.int32(), mask=outputs["width"] == 0)
+            columns["height"] = pa.array(outputs["height"], pa.int32(), mask=outputs["height"] == 0)
+        if "content_hash" in outputs:
+            columns["content_hash"] = pa.array([bytes(row).hex() for row in outputs["content_hash"]], pa.string())
+        if "thumbnail" in outputs:
+            columns["phash"] = pa.array(perceptual.as_text(perceptual.fingerprints(outputs["thumbnail"])),
+                                        pa.string())
+        return columns
 
     def metadata(self) -> dict[str, str]:
-        return {"content_hash": "farmhash64 of the file's bytes (tf.fingerprint), as 16 hex digits"}
+        return {"content_hash": "farmhash64 of the file's bytes (tf.fingerprint), as 16 hex digits",
+                "phash": perceptual.DESCRIPTION}
 
     def describe(self) -> str:
         return ""  # the same for every run: nothing for the log line

@@ -64,8 +64,9 @@ def write_report(out: str, html: str, input: str | None = None, truth: Truth | N
 
 
 class Thumbnails:
-    """Small JPEG data: URIs of images under `root`, each made once. TensorFlow makes them because
-    it is a runtime dependency and Pillow is not; it is imported only when thumbnails are asked for."""
+    """Small JPEG data: URIs of images under `root`, each made once, as a viewer shows them: every
+    format a run scores (TIFF and HEIC too), turned upright by EXIF. Pillow decodes them as the
+    run's fallback does (`pillow.pixels`); TensorFlow resizes and encodes."""
 
     def __init__(self, root: str):
         from .tf_import import tf
@@ -82,14 +83,19 @@ class Thumbnails:
         return sum(uri is not None for uri in self.made.values())
 
     def _make(self, file: str) -> str | None:
+        from .config import RunConfig
+        from .decode import pillow
+        from .decode.geometry import to_channels
+
         tf = self.tf
         try:  # a file moved or changed since the run shows as an empty box, not a failed report
-            image = tf.io.decode_image(tf.io.read_file(file), channels=3, expand_animations=False)
-            small = tf.image.resize(image, (THUMBNAIL_PX, THUMBNAIL_PX), preserve_aspect_ratio=True,
-                                    antialias=True)
-            jpeg = tf.io.encode_jpeg(tf.cast(tf.round(tf.clip_by_value(small, 0, 255)), tf.uint8), quality=80)
-        except (tf.errors.OpError, ValueError):
+            data = tf.io.read_file(file).numpy()
+            image = pillow.pixels(data, RunConfig.max_pixels, exif_transpose=True).pixels
+        except (tf.errors.OpError, pillow.Refused):
             return None
+        small = tf.image.resize(to_channels(tf.constant(image), 3), (THUMBNAIL_PX, THUMBNAIL_PX),
+                                preserve_aspect_ratio=True, antialias=True)
+        jpeg = tf.io.encode_jpeg(tf.cast(tf.round(tf.clip_by_value(small, 0, 255)), tf.uint8), quality=80)
         return "data:image/jpeg;base64," + base64.b64encode(jpeg.numpy()).decode("ascii")
 
 

@@ -207,10 +207,12 @@ class Scorer:
         tables = [self.error_rows([path for path, _ in failed], [reason for _, reason in failed])] if failed else []
         if arrived:
             tables.extend(self._scored([items[i].path for i in arrived], decoded.images, TENSORFLOW, decoded.facts))
-        by_pillow = [(items[i].path, pixels) for i, (pixels, _) in zip(missing, rescued) if pixels is not None]
+        by_pillow = [(items[i].path, one) for i, (one, _) in zip(missing, rescued) if one is not None]
         if by_pillow:
-            tables.extend(self._scored([path for path, _ in by_pillow],
-                                       self.model_inputs([pixels for _, pixels in by_pillow]), PILLOW))
+            inputs, thumbnails = self.model_inputs([one.pixels for _, one in by_pillow])
+            facts = {name: np.stack([one.facts[name] for _, one in by_pillow]) for name in by_pillow[0][1].facts}
+            tables.extend(self._scored([path for path, _ in by_pillow], inputs, PILLOW,
+                                       {**facts, "thumbnail": thumbnails}))
         return pa.concat_tables(tables) if tables else self.error_rows([], [])
 
     def _scored(self, paths: list[str], images, decoder: str,
@@ -267,12 +269,12 @@ def scaling_collapses(model: Model, classes: Classification, decoding: DecodeOpt
     if spec.encoded or spec.dtype == tf.uint8:
         return {}, 0
     step = max(1, len(items) // scaling.CHECK_IMAGES)
-    decoded = [pixels for pixels, _ in pool.map(lambda item: rescue(item, None, spec, decoding),
-                                                items[::step][:scaling.CHECK_IMAGES])
-               if pixels is not None]
+    decoded = [one.pixels for one, _ in pool.map(lambda item: rescue(item, None, spec, decoding),
+                                                 items[::step][:scaling.CHECK_IMAGES])
+               if one is not None]
     if len(decoded) < scaling.MIN_CHECK_IMAGES:
         return {}, 0
-    unscaled = ModelInputs(replace(spec, preprocess="raw", dtype=tf.float32), decoding.resize)(decoded)
+    unscaled = ModelInputs(replace(spec, preprocess="raw", dtype=tf.float32), decoding.resize)(decoded)[0]
     collapses = {}
     for candidate in [spec.preprocess] + [name for name in scaling.candidates(spec) if name != spec.preprocess]:
         inputs = tf.cast(preprocess(unscaled, candidate), spec.dtype)

@@ -138,8 +138,9 @@ def make_mobilenet_features() -> str:
 
         keras.utils.set_random_seed(0)
         base = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
-        both = keras.Model(base.inputs, {"probs": base.outputs[0],
-                                         "features": base.get_layer("global_average_pooling2d").output})
+        pooled = next(layer for layer in base.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
+        both = keras.Model(base.inputs, {"probs": base.outputs[0], "features": pooled.output})  # by type: the
+        # name takes a suffix when other models were built in this process first
         inputs = keras.Input((224, 224, 3))
         outputs = both(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs))
         keras.Model(inputs, outputs).export(path, verbose=False)

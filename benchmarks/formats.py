@@ -6,8 +6,9 @@ For instance DIR = Tests/images of a checkout of python-pillow/Pillow (hundreds 
 that Pillow's own tests use; not vendored here). Runs `batch-infer run` over every JPEG, PNG,
 GIF, BMP, WebP and TIFF file under DIR with a model that returns its 16x16 input, then compares
 each ok row's model input with Pillow's upright image (`exif_transpose(...).convert("RGB")`,
-resized the same way; 16-bit images by their high byte and a GIF's transparent pixels black, as
-batch-infer gives them, and also without those two rules). Prints one JSON object: the share of
+resized the same way; images of more than 8 bits a sample by their numbers (mapped linearly by
+the README's rule, so the correlation is the one with the numbers) and a GIF's transparent
+pixels black, as batch-infer gives them, and also without those two rules). Prints one JSON object: the share of
 files Pillow loads fully that became ok rows whose thumbnail correlates at least 0.9 with
 Pillow's, whether every other file is exactly one error row, bare decoder lines on stderr, the
 run's peak RSS and time, and the files that disagree.
@@ -51,6 +52,7 @@ def pillow_thumbnail(path: str, viewer_rules: bool) -> np.ndarray | None:
     """Pillow's upright first frame at 16x16, or None when Pillow does not load it fully."""
     from PIL import Image, ImageOps
 
+    from batch_infer.decode.pillow import high_bit_depth
     from batch_infer.tf_import import tf
 
     try:
@@ -60,8 +62,8 @@ def pillow_thumbnail(path: str, viewer_rules: bool) -> np.ndarray | None:
                 image.load()
                 transparent = image.info.get("transparency") if image.format == "GIF" else None
                 upright = ImageOps.exif_transpose(image)
-                if viewer_rules and upright.mode.startswith("I"):
-                    gray = (np.clip(np.asarray(upright, np.int64), 0, 65535) >> 8).astype(np.uint8)
+                if viewer_rules and (upright.mode.startswith("I") or upright.mode == "F"):
+                    gray = high_bit_depth(np.asarray(upright))  # linear in the numbers
                     pixels = np.repeat(gray[..., None], 3, axis=2)
                 else:
                     pixels = np.asarray(upright.convert("RGB"))

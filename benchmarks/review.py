@@ -1,9 +1,12 @@
 """`batch-infer review`: how well it finds planted label errors and copies, and what it costs.
 
-    python benchmarks/review.py quality   # planted errors and copies, two datasets and models
-    python benchmarks/review.py scale     # time and peak RSS on 20,000 and 100,000 rows
+    python benchmarks/review.py quality [PHOTOS]   # planted errors and copies, several datasets and models
+    python benchmarks/review.py fingerprint PHOTOS # phash bits between images and their copies
+    python benchmarks/review.py scale              # time and peak RSS on 20,000 and 100,000 rows
 
-quality: (1) the 450 held-out digits of scikit-learn's load_digits (the sample model never saw
+quality: (0) with a folder PHOTOS, crops of its photos at random places and scales, labelled by
+photo, scored by a small CNN trained here on other crops of them, with its 64-d penultimate
+layer; (1) the 450 held-out digits of scikit-learn's load_digits (the sample model never saw
 them), scored by sample_data/digits.keras with its 32-d penultimate layer as the embedding;
 (2) 1,000 drawn shapes (circle, square, triangle, cross; random sizes, places and colours on
 random backgrounds), scored by a small CNN trained here on 3,000 others, with its 64-d
@@ -12,9 +15,15 @@ scored by an untrained MobileNetV2 with its 1,280-d pooled features. Into each: 
 flipped to another class (not the photos), 20 exact copies, and 40 near copies (1.5x or 0.75x
 bicubic, then JPEG quality 70).
 Prints the share of flipped files among the top 10 % of rows by doubt, and for copies the pairs
-found and the false pairs, at the automatic threshold and at fixed ones.
+found and the false pairs: by the embedding alone (automatic and fixed thresholds) and by phash
+and embedding together.
 
-scale: an OUT of N rows with 1,280-d embeddings (random, with 1 % planted near pairs), written
+fingerprint: crops of the photos in PHOTOS, drawn shapes and held-out digits, each with one copy
+(resized, recompressed or cropped); the phash bits that differ between an image and its copy,
+and between different images.
+
+scale: an OUT of N rows with 1,280-d embeddings and phash values (random, with 1 % planted near
+pairs), written
 as the run writes it; `batch-infer review` timed in a fresh process, peak RSS from wait4.
 """
 
@@ -100,27 +109,33 @@ def shape(kind: str, rng: np.random.Generator) -> Image.Image:
     return image
 
 
-def shapes_model(path: str) -> tuple[str, list[tuple[Image.Image, str]]]:
-    """(a CNN trained on 3,000 drawn shapes, saved with its labels; 1,000 new drawn shapes)."""
+def small_cnn(path: str, training: list[tuple[Image.Image, str]], classes: list[str]) -> str:
+    """A small CNN trained on `training` (64x64 inputs; 40 epochs), saved with its labels."""
     import keras
 
     keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    kinds = np.arange(3000) % 4
-    pixels = np.stack([np.asarray(shape(SHAPES[k], rng).resize((64, 64), Image.BILINEAR), np.float32)
-                       for k in kinds])
+    pixels = np.stack([np.asarray(image.convert("RGB").resize((64, 64), Image.BILINEAR), np.float32)
+                       for image, _ in training])
+    targets = np.array([classes.index(label) for _, label in training])
     model = keras.Sequential([
         keras.Input((64, 64, 3)), keras.layers.Rescaling(1 / 255),
         keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(),
         keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(),
         keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(64, activation="relu"), keras.layers.Dense(4, activation="softmax")])
+        keras.layers.Dense(64, activation="relu"), keras.layers.Dense(len(classes), activation="softmax")])
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
-    model.fit(pixels, kinds, epochs=40, batch_size=64, verbose=0)
+    model.fit(pixels, targets, epochs=40, batch_size=64, verbose=0)
     model.save(path)
     with open(path.replace(".keras", ".labels.txt"), "w") as handle:
-        handle.write("\n".join(SHAPES) + "\n")
-    return path, [(shape(SHAPES[n % 4], rng), SHAPES[n % 4]) for n in range(1000)]
+        handle.write("\n".join(classes) + "\n")
+    return path
+
+
+def shapes_model(path: str) -> tuple[str, list[tuple[Image.Image, str]]]:
+    """(a CNN trained on 3,000 drawn shapes, saved with its labels; 1,000 new drawn shapes)."""
+    rng = np.random.default_rng(0)
+    training = [(shape(SHAPES[n % 4], rng), SHAPES[n % 4]) for n in range(3000)]
+    return small_cnn(path, training, SHAPES), [(shape(SHAPES[n % 4], rng), SHAPES[n % 4]) for n in range(1000)]
 
 
 def plant(images: list[tuple[Image.Image, str]], root: str, classes: list[str], flip: float,
@@ -164,6 +179,9 @@ def found_pairs(duplicates: pd.DataFrame) -> set[frozenset[str]]:
 
 
 def quality_of(name: str, model: str, embedding: list[str], images, classes, flip: float) -> None:
+    """Plants errors and copies, scores, and reviews: near copies by the embedding alone (as
+    before the phash column), by phash and embedding (the default), and by the embedding alone
+    at fixed thresholds."""
     work = tempfile.mkdtemp(prefix="bench-review-")
     try:
         root, out = os.path.join(work, "images"), os.path.join(work, "out")
@@ -171,16 +189,18 @@ def quality_of(name: str, model: str, embedding: list[str], images, classes, fli
         cli("run", "--model", model, "--input", root, "--output", out, "--quiet", *embedding)
         print(f"\n## {name}: {sum(len(f) for _, _, f in os.walk(root))} files, {len(flipped)} flipped "
               f"labels, {len(planted)} planted copy pairs")
-        for similarity in (None, *FIXED):
-            review_dir = os.path.join(work, f"review-{similarity}")
-            extra = [] if similarity is None else ["--similarity", str(similarity)]
+        reviews = [("embedding only", ["--phash-distance", "off"]), ("phash and embedding", []),
+                   ("phash within 2 bits and embedding", ["--phash-distance", "2"])]
+        reviews += [("embedding only", ["--phash-distance", "off", "--similarity", str(s)]) for s in FIXED]
+        for number, (signals, extra) in enumerate(reviews):
+            review_dir = os.path.join(work, f"review-{number}")
             summary = json.loads(cli("review", out, "--truth", "folder", "--output", review_dir, "--json",
                                      *extra).stdout)
             pairs = found_pairs(pd.read_parquet(os.path.join(review_dir, "duplicates.parquet")))
-            line = (f"threshold {summary['near_threshold']} ({summary['near_threshold_source']}): "
+            line = (f"{signals}, threshold {summary['near_threshold']} ({summary['near_threshold_source']}): "
                     f"copy pairs found {len(pairs & planted)}/{len(planted)}, false pairs {len(pairs - planted)}, "
-                    f"crowded rows {summary['crowded']}")
-            if similarity is None and flip:
+                    f"pairs by signal {summary['pairs_by_signal']}, crowded rows {summary['crowded']}")
+            if number == 1 and flip:
                 suspects = pd.read_parquet(os.path.join(review_dir, "suspects.parquet"))
                 top = set(suspects[suspects["rank"] <= 0.1 * summary["rows"]].path)
                 line = (f"accuracy {summary['accuracy']:.3f}; flipped among the top 10 % by doubt: "
@@ -190,9 +210,20 @@ def quality_of(name: str, model: str, embedding: list[str], images, classes, fli
         shutil.rmtree(work)
 
 
-def quality() -> None:
+def quality(photos: str | None) -> None:
     import corpora
 
+    if photos:
+        work = tempfile.mkdtemp(prefix="bench-review-photos-")
+        try:
+            training, held_out = photo_folder_crops(photos, 60, seed=1), photo_folder_crops(photos, 20, seed=2)
+            classes = sorted({label for _, label in training})
+            model = small_cnn(os.path.join(work, "photos.keras"), training, classes)
+            quality_of(f"crops of the photos in {os.path.basename(os.path.normpath(photos))}, labelled by photo, "
+                       "a small CNN trained on other crops, penultimate (64-d)", model,
+                       ["--embedding-layer", "penultimate"], held_out, classes, flip=0.05)
+        finally:
+            shutil.rmtree(work)
     quality_of("held-out digits, digits.keras penultimate (32-d)", os.path.join(REPO, "sample_data", "digits.keras"),
                ["--embedding-layer", "penultimate"], digit_images(), DIGITS, flip=0.05)
     work = tempfile.mkdtemp(prefix="bench-review-shapes-")
@@ -206,8 +237,109 @@ def quality() -> None:
                ["--output-key", "probs", "--embedding-key", "features"], photo_crops(), [], flip=0.0)
 
 
+TRANSFORMS = {  # name: what makes a copy of an image
+    "resized 0.5x": lambda image, rng: _resized(image, 0.5),
+    "resized 0.75x": lambda image, rng: _resized(image, 0.75),
+    "resized 1.5x": lambda image, rng: _resized(image, 1.5),
+    "resized 2x": lambda image, rng: _resized(image, 2.0),
+    "JPEG q50": lambda image, rng: _jpeg(image, 50),
+    "JPEG q70": lambda image, rng: _jpeg(image, 70),
+    "JPEG q95": lambda image, rng: _jpeg(image, 95),
+    "0.75x then JPEG q70": lambda image, rng: _jpeg(_resized(image, 0.75), 70),
+    "crop 95 %": lambda image, rng: _cropped(image, 0.95, rng),
+    "crop 90 %": lambda image, rng: _cropped(image, 0.90, rng),
+}
+
+
+def _resized(image: Image.Image, scale: float) -> Image.Image:
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def _cropped(image: Image.Image, keep: float, rng: np.random.Generator) -> Image.Image:
+    """A box of `keep` of each side at a random place."""
+    width, height = round(image.width * keep), round(image.height * keep)
+    left, top = int(rng.integers(0, image.width - width + 1)), int(rng.integers(0, image.height - height + 1))
+    return image.crop((left, top, left + width, top + height))
+
+
+def photo_folder_crops(folder: str, per_photo: int = 12, seed: int = 0) -> list[tuple[Image.Image, str]]:
+    """`per_photo` random square crops (a third to nine tenths of the short side) of each photo
+    in `folder`, labelled by photo: different images that share content, the hard case for a
+    fingerprint."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for name in sorted(os.listdir(folder)):
+        try:
+            photo = Image.open(os.path.join(folder, name)).convert("RGB")
+        except OSError:
+            continue
+        if min(photo.size) < 200:
+            continue
+        for _ in range(per_photo):
+            side = int(rng.integers(min(photo.size) // 3, min(photo.size) * 9 // 10))
+            left, top = int(rng.integers(0, photo.width - side)), int(rng.integers(0, photo.height - side))
+            crops.append((photo.crop((left, top, left + side, top + side)), os.path.splitext(name)[0]))
+    return crops
+
+
+def fingerprint(photos: str) -> None:
+    """Bits that differ between the phash of an image and of each kind of copy, and between
+    different images: random crops of the photos in `photos`, drawn shapes and held-out digits.
+    Every file goes through `batch-infer run` (the digits model: its 32x32 input makes JPEGs
+    decode at an eighth, the coarsest case), and the phash column is read back."""
+    from batch_infer import perceptual
+
+    rng = np.random.default_rng(0)
+    sets = {"photo crops": photo_folder_crops(photos),
+            "drawn shapes": [(shape(SHAPES[n % 4], rng), SHAPES[n % 4]) for n in range(400)],
+            "held-out digits": digit_images()[:400]}
+    work = tempfile.mkdtemp(prefix="bench-fingerprint-")
+    try:
+        root, out = os.path.join(work, "images"), os.path.join(work, "out")
+        copies = []  # (set, transform, original path, copy path)
+        for set_name, images in sets.items():
+            os.makedirs(os.path.join(root, set_name))
+            for row, (image, _) in enumerate(images):
+                path = f"{set_name}/{row:04d}.png"
+                image.save(os.path.join(root, path))
+                transform = list(TRANSFORMS)[row % len(TRANSFORMS)]
+                copy = f"{set_name}/{row:04d}-copy{row % len(TRANSFORMS)}.png"
+                TRANSFORMS[transform](image, rng).save(os.path.join(root, copy))
+                copies.append((set_name, transform, path, copy))
+        cli("run", "--model", os.path.join(REPO, "sample_data", "digits.keras"), "--input", root,
+            "--output", out, "--quiet")
+        rows = pd.read_parquet(out, columns=["path", "phash"]).set_index("path").phash
+        value = {path: int(text, 16) for path, text in rows.items()}
+        codes = {path: np.uint64(value) for path, value in value.items()}
+        table = pd.DataFrame([(s, t, int(perceptual.distances(codes[a], codes[b]))) for s, t, a, b in copies],
+                             columns=["set", "transform", "bits"])
+        within = (2, 4, 6, 8)
+        print("\n## phash bits (of 64) that differ between an image and its copy\n\n| copy | pairs | median | "
+              "90th percentile | max | " + " | ".join(f"within {t}" for t in within) + " |\n|---" * 9 + "|")
+        for transform, group in table.groupby("transform", sort=False):
+            print(f"| {transform} | {len(group)} | {group.bits.median():.0f} | {group.bits.quantile(0.9):.0f} | "
+                  f"{group.bits.max()} | " + " | ".join(f"{(group.bits <= t).mean():.0%}" for t in within) + " |")
+        print("\n## phash bits that differ between different images (every pair of originals in a set)\n\n"
+              "| set | images | pairs | 1st percentile | " + " | ".join(f"pairs within {t}" for t in within)
+              + " |\n|---" * 8 + "|")
+        for set_name, images in sets.items():
+            originals = np.array([codes[f"{set_name}/{row:04d}.png"] for row in range(len(images))], np.uint64)
+            apart = perceptual.distances(originals[:, None], originals[None, :])[np.triu_indices(len(originals), 1)]
+            print(f"| {set_name} | {len(originals)} | {len(apart):,} | {np.percentile(apart, 1):.0f} | "
+                  + " | ".join(str(int((apart <= t).sum())) for t in within) + " |", flush=True)
+    finally:
+        shutil.rmtree(work)
+
+
 def synthetic_out(out: str, rows: int, width: int = 1280, part_rows: int = 5000) -> None:
-    """N rows in the run's schema: 10 classes, random embeddings with 1 % near pairs."""
+    """N rows in the run's schema: 10 classes, random embeddings and phash values, each with
+1 % near pairs."""
     rng = np.random.default_rng(0)
     os.makedirs(out)
     labels = np.array(DIGITS)
@@ -220,6 +352,8 @@ def synthetic_out(out: str, rows: int, width: int = 1280, part_rows: int = 5000)
         order = np.argsort(-scores, axis=1)[:, :5]
         top = np.take_along_axis(scores, order, axis=1)
         given = labels[rng.integers(0, 10, n)]
+        phash = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) << np.uint64(1)
+        phash[1::100] = phash[0::100][:len(phash[1::100])] ^ np.uint64(0b101)  # 2 bits apart
         table = pa.table({
             "path": [f"{g}/{first + i:07d}.jpg" for i, g in enumerate(given)],
             "status": ["ok"] * n, "error": pa.nulls(n, pa.string()),
@@ -227,6 +361,7 @@ def synthetic_out(out: str, rows: int, width: int = 1280, part_rows: int = 5000)
             "top_k_labels": labels[order].tolist(), "top_k_indices": order.astype(np.int32).tolist(),
             "top_k_scores": top.tolist(),
             "content_hash": [f"{first + i:016x}" for i in range(n)],
+            "phash": [f"{int(value):016x}" for value in phash],
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), width)},
             metadata={b"batch_infer.labels": json.dumps(DIGITS).encode()})
         pq.write_table(table, os.path.join(out, f"part-{first:08d}.parquet"))
@@ -256,10 +391,15 @@ def scale() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("quality", "scale"))
+    parser.add_argument("what", choices=("quality", "scale", "fingerprint"))
+    parser.add_argument("photos", nargs="?", help="a folder of photos (JPEG or PNG), for fingerprint (needed) "
+                                                  "and quality (a further dataset of their crops)")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores", flush=True)
-    quality() if args.what == "quality" else scale()
+    if args.what == "fingerprint":
+        fingerprint(args.photos)
+    else:
+        quality(args.photos) if args.what == "quality" else scale()
 
 
 if __name__ == "__main__":

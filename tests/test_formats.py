@@ -217,6 +217,19 @@ def test_rows_name_their_decoder(scored):
     assert all(decoder is None for path, decoder in decoders.items() if rows[path][1]["status"] == "error")
 
 
+def test_rows_pillow_decoded_have_their_stored_size_content_hash_and_phash(scored):
+    """As rows the graph decoded have them: the size before any turn, the same FarmHash of the
+    bytes (so an exact copy of a TIFF is found), and a fingerprint."""
+    files, rows = scored
+    pillow = {path: row for path, (_, row) in rows.items() if row["decoder"] == "pillow"}
+    assert len(pillow) >= 10
+    for path, row in pillow.items():
+        with Image.open(io.BytesIO(files[path])) as image:
+            assert (row["width"], row["height"]) == image.size, path
+        assert row["content_hash"] == tf.fingerprint(tf.constant([files[path]]))[0].numpy().tobytes().hex()
+        assert len(row["phash"]) == 16
+
+
 def test_tiff_bombs_and_broken_tiffs_are_refused(scored):
     _, rows = scored
     assert rows["tiff/bomb.tif"][1]["error"].startswith("too-large: ")
@@ -299,3 +312,41 @@ def test_pngs_that_may_say_how_to_turn_them_are_found_by_their_chunks():
     assert not png_may_be_turned(plain)
     assert not png_may_be_turned(with_text("tEXt", "Comment", "eXIf Raw profile type exif XML:com.adobe.xmp"))
     assert not png_may_be_turned(plain[:20])  # cut inside IHDR
+
+
+def test_high_bit_depth_is_one_rule_for_png_tiff_and_float_tiff(tmp_path, echo_model):
+    """12-bit samples stored in a 16-bit PNG, a 16-bit TIFF, and as floats 0..1 in a float TIFF
+    give the same model input, read as 12 bits (not black); a 16-bit photo that uses the whole
+    range keeps its high byte, as TensorFlow's PNG decoder gives it."""
+    twelve = (np.arange(256).reshape(16, 16) * 16 + 7).astype(np.uint16)  # 7 .. 4087
+    whole = (np.arange(256).reshape(16, 16) * 257).astype(np.uint16)  # 0 .. 65535
+    files = {"12 in 16-bit.png": tf.io.encode_png(twelve[..., None]).numpy(),
+             "12 in 16-bit.tif": encode(Image.fromarray(twelve), "TIFF"),
+             "12 as float.tif": encode(Image.fromarray((twelve / 4096).astype(np.float32)), "TIFF"),
+             "whole 16-bit.png": tf.io.encode_png(whole[..., None]).numpy()}
+    for name, data in files.items():
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(data)
+    rows = score(tmp_path / "in", tmp_path / "out", echo_model)
+    for name in files:
+        pixels, row = rows[name]
+        assert row["decoder"] == "pillow", name
+        expected = (np.arange(256).reshape(16, 16) if name.startswith("12") else
+                    tf.io.decode_png(files[name], dtype=tf.uint8).numpy()[..., 0])
+        np.testing.assert_allclose(pixels, np.repeat(expected[..., None], 3, axis=2), atol=0.01, err_msg=name)
+
+
+def test_exif_orientation_is_read_past_empty_gps_and_interop_ifds(tmp_path, echo_model):
+    image = corpus.picture(5, 24, 40)
+    files = {}
+    for name, extra in (("empty GPS IFD", {0x8825: {}}), ("empty GPS and interop IFDs", {0x8825: {}, 0xA005: {}})):
+        tags = exif(6)
+        for tag, value in extra.items():
+            tags[tag] = value
+        files[f"{name}.jpg"] = encode(image, "JPEG", quality=95, exif=tags)
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"{name}.jpg").write_bytes(files[f"{name}.jpg"])
+    rows = score(tmp_path / "in", tmp_path / "out", echo_model)
+    for name, data in files.items():
+        np.testing.assert_allclose(rows[name][0], reference(data), atol=12.0, err_msg=name)  # two JPEG decoders
+        assert not np.allclose(rows[name][0], reference(encode(image, "JPEG", quality=95)), atol=12.0)

@@ -9,6 +9,8 @@ from support import images
 import numpy as np
 import pytest
 
+from batch_infer import perceptual
+from batch_infer.decode.geometry import to_channels
 from batch_infer.decode.graph import decode
 from batch_infer.decode.options import DecodeOptions, Resize
 from batch_infer.storage import read
@@ -64,7 +66,8 @@ def test_streamed_scores_equal_one_call_at_a_time(model_dir, image_dir):
 def test_batches_decode_as_each_file_alone_would(tmp_path, resize, read_batches):
     """Batches of one size (resized as one), of one format and of mixed formats and sizes, a
     corrupt file (its batch is done again file by file) and a TIFF (left to Pillow): every file
-    that arrives has exactly the model input of decoding it alone; the others leave gaps. Read
+    that arrives has exactly the model input (and phash thumbnail) of decoding it alone; the
+    others leave gaps. Read
     several model batches at a time (as small files are), the corrupt file sends the whole read
     batch down the slow way, and what comes out is still read batches, in order, each file once."""
     from PIL import Image
@@ -79,14 +82,17 @@ def test_batches_decode_as_each_file_alone_would(tmp_path, resize, read_batches)
     files = list_images(str(tmp_path), ("jpg", "png"))
     spec = InputSpec(False, (16, 16), 3, tf.float32, "raw")
     options = DecodeOptions(10**8, 64, exif_transpose=True, scaled_decode=True, resize=resize)
-    arrived, order = {}, []
-    for indices, images_, _ in batches(files, spec, 4, options, read_batches=read_batches):
+    arrived, thumbnails, order = {}, {}, []
+    for indices, images_, facts in batches(files, spec, 4, options, read_batches=read_batches):
         assert 0 < len(indices) <= 4 * read_batches and len(images_) == len(indices)
         order += [int(index) for index in indices]
         arrived.update({int(index): image for index, image in zip(indices, images_.numpy())})
+        thumbnails.update(zip(indices.tolist(), facts["thumbnail"]))
     assert order == [i for i in range(15) if i not in (12, 13)]
     for index, image in arrived.items():
         np.testing.assert_array_equal(image, decode(read(files[index].fs_path), spec, options).numpy())
+        alone = tf.io.decode_image(read(files[index].fs_path), expand_animations=False)
+        np.testing.assert_array_equal(thumbnails[index], perceptual.thumbnails(to_channels(alone, 3)).numpy())
 
 
 def test_small_files_are_read_several_model_batches_at_a_time_and_photos_one():

@@ -145,3 +145,24 @@ def test_not_an_output_directory_is_a_usage_error(tmp_path, capsys, make, messag
     code, summary, err = report(capsys, str(make(tmp_path)), "--html", str(tmp_path / "r.html"))
     assert (code, summary) == (2, None)
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_thumbnails_show_files_only_pillow_reads_and_turn_by_exif(tmp_path):
+    """A TIFF (TensorFlow has no decoder for it) is drawn, not an empty box; a JPEG stored
+    sideways with EXIF orientation 6 is drawn upright, as a viewer shows it."""
+    from batch_infer.reporting import Thumbnails
+
+    wide = (np.arange(60 * 30 * 3) % 251).astype(np.uint8).reshape(30, 60, 3)  # 60 wide, 30 high
+    Image.fromarray(wide).save(tmp_path / "wide.tif")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show
+    Image.fromarray(wide).save(tmp_path / "sideways.jpg", exif=exif)
+    thumbnails = Thumbnails(str(tmp_path))
+    sizes = {}
+    for name in ("wide.tif", "sideways.jpg"):
+        uri = thumbnails(name)
+        assert uri is not None, name
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as thumbnail:
+            sizes[name] = thumbnail.size
+    assert sizes == {"wide.tif": (96, 48), "sideways.jpg": (48, 96)}
+    assert thumbnails("missing.png") is None and thumbnails.count == 2

@@ -274,3 +274,27 @@ def test_label_studio_export_of_the_review(labelled, reviewed, tmp_path, capsys)
     code, _, err = invoke(capsys, "export", str(out), "--format", "csv", "--review", str(review_dir),
                           "--dest", str(tmp_path / "x.csv"))
     assert code == 2 and "label-studio" in err
+
+
+def test_embeddings_are_read_part_by_part_into_rows_by_path(tmp_path):
+    """Two parts, error rows without an embedding, and a part committed after the rows were
+    read (a path review does not know): each vector lands on its path's row, packed in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from batch_infer.vectors import read_embeddings
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((7, 3)).astype(np.float32)
+    valid = np.array([True, False, True, True, True, False, True])
+    paths = [f"{i}.png" for i in range(7)]
+    for name, rows in (("part-a.parquet", [4, 5, 6]), ("part-b.parquet", [0, 1, 2, 3])):
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), 3)
+        column = pa.array([v if valid[r] else None for r, v in zip(rows, column.to_pylist())], column.type)
+        pq.write_table(pa.table({"path": [paths[r] for r in rows], "embedding": column}), tmp_path / name)
+    pq.write_table(pa.table({"path": ["late.png"], "embedding": pa.FixedSizeListArray.from_arrays(
+        pa.array(np.ones(3, np.float32)), 3)}), tmp_path / "part-c.parquet")
+    numbers, got = read_embeddings(str(tmp_path), paths)
+    np.testing.assert_array_equal(numbers, np.flatnonzero(valid))
+    np.testing.assert_array_equal(got, vectors[valid])
+    assert read_embeddings(str(tmp_path), paths[:0])[1].shape == (0, 3)

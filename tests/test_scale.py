@@ -76,10 +76,10 @@ def _plain(value):
 
 
 def assert_same_rows(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
-    """Row for row: paths, statuses, errors, labels exactly; scores to 1e-5."""
+    """Row for row: paths, statuses, errors, labels and fingerprints exactly; scores to 1e-5."""
     assert actual.path.tolist() == expected.path.tolist()
     for got, want in zip(actual.to_dict("records"), expected.to_dict("records")):
-        for column in ("status", "error", "label", "top_k_labels", "top_k_indices"):
+        for column in ("status", "error", "label", "top_k_labels", "top_k_indices", "content_hash", "phash"):
             assert _plain(got[column]) == _plain(want[column]), (got["path"], column)
         if want["status"] == "ok":
             assert got["score"] == pytest.approx(want["score"], abs=1e-5)

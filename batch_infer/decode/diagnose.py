@@ -5,6 +5,7 @@ the decoder's own message, reading it again (`diagnose`)."""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -64,11 +65,17 @@ def diagnose_data(data: tf.Tensor | bytes, spec: InputSpec, options: DecodeOptio
     return "decode: failed in the pipeline but not when read again (did the file change meanwhile?)"
 
 
+class Rescued(NamedTuple):
+    """A file Pillow decoded: its upright pixels and its facts, as the graph gives them."""
+    pixels: np.ndarray
+    facts: dict[str, np.ndarray]  # width, height, content_hash (as `graph.file_facts`), one file
+
+
 def rescue(item: ListedFile, data: bytes | None, spec: InputSpec,
-           options: DecodeOptions) -> tuple[np.ndarray | None, str | None]:
-    """For a file that dropped out of the graph: (its upright pixels from Pillow, None), or
-    (None, the reason for its error row). `data` is the file's bytes when the engine has them;
-    else the file is read again.
+           options: DecodeOptions) -> tuple[Rescued | None, str | None]:
+    """For a file that dropped out of the graph: (its upright pixels from Pillow and its facts,
+    None), or (None, the reason for its error row). `data` is the file's bytes when the engine
+    has them; else the file is read again.
 
     The CHECKS come first, as in the graph, so a bomb the header gives away is never handed to
     Pillow; Pillow then checks --max-pixels from its own header read (for TIFF and HEIF, whose
@@ -87,7 +94,9 @@ def rescue(item: ListedFile, data: bytes | None, spec: InputSpec,
     if failed is not None or spec.encoded:  # an encoded-bytes model decodes files itself
         return None, failed or diagnose_data(tensor, spec, options)
     try:
-        return pillow.pixels(raw, options.max_pixels, options.exif_transpose), None
+        decoded = pillow.pixels(raw, options.max_pixels, options.exif_transpose)
+        return Rescued(decoded.pixels, {"width": np.array(decoded.width), "height": np.array(decoded.height),
+                                        "content_hash": tf.fingerprint(tensor[None])[0].numpy()}), None
     except pillow.Refused as refused:
         pillow_reason = refused.reason
     if header.format in (headers.TIFF, headers.HEIF) or pillow_reason.startswith("too-large"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..model import InputSpec
+from ..perceptual import thumbnails
 from ..preprocessing import preprocess
 from ..tf_import import tf
 from .options import Resize
@@ -84,11 +85,17 @@ def scaled(pixels: tf.Tensor, spec: InputSpec) -> tf.Tensor:
 
 
 class ModelInputs:
-    """`model_input` for pixels from the fallback, traced once for any size and channel count."""
+    """`model_input` for pixels from the fallback, and their `perceptual.thumbnails` from the
+    same channels the graph makes them from, traced once for any size and channel count."""
 
     def __init__(self, spec: InputSpec, resize: Resize = Resize()):
-        self.function = tf.function(lambda image: model_input(image, spec, resize), autograph=False,
+        def inputs(image):
+            return model_input(image, spec, resize), thumbnails(to_channels(image, spec.channels))
+
+        self.function = tf.function(inputs, autograph=False,
                                     input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
 
-    def __call__(self, images: list[np.ndarray]) -> tf.Tensor:
-        return tf.stack([self.function(image) for image in images])
+    def __call__(self, images: list[np.ndarray]) -> tuple[tf.Tensor, np.ndarray]:
+        """(the model inputs as one batch, the thumbnails [images, SIDE, SIDE])."""
+        inputs, thumbs = zip(*(self.function(image) for image in images))
+        return tf.stack(inputs), np.stack([thumb.numpy() for thumb in thumbs])

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..model import InputSpec
+from ..perceptual import SIDE, thumbnails
 from ..tf_import import tf
 from . import headers
 from .geometry import model_input, resized, scaled, to_channels
@@ -98,8 +99,8 @@ def _palette_bmp(data, planned):
 # they, and files the others refuse, are decoded by Pillow in `rescue`, off the hot path.
 DECODERS = (
     Decoder("Pillow", lambda header, options, ratio: header.format in (headers.TIFF, headers.HEIF)
-            or header.odd_bmp or (header.webp_metadata or header.png_metadata) and options.exif_transpose,
-            None),
+            or header.odd_bmp or header.deep_png
+            or (header.webp_metadata or header.png_metadata) and options.exif_transpose, None),
     *(_upright_jpeg(ratio) for ratio in JPEG_RATIOS),
     Decoder("turned JPEG", lambda header, options, ratio: header.format == headers.JPEG, _turned_jpeg),
     Decoder("animated WebP", lambda header, options, ratio: header.animated_webp, _animated_webp),
@@ -208,16 +209,19 @@ def file_facts(planned: tf.Tensor, content_hash: tf.Tensor) -> dict[str, tf.Tens
 ONE_RESIZE_PIXELS = 2**22
 
 
-def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tf.Tensor:
-    """The model inputs of a batch of files ([files] strings, their plans [files, 7]), none of
-    them NOT_IN_GRAPH, as one batch. Each file is decoded on its own, in tf.map_fn, which costs a
+def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec,
+                 options: DecodeOptions) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """(the model inputs of a batch of files ([files] strings, their plans [files, 7]), none of
+    them NOT_IN_GRAPH, as one batch; their `perceptual.thumbnails`, None for a model that takes
+    encoded bytes). Each file is decoded on its own, in tf.map_fn, which costs a
     file far less than a tf.data element does. Two things are decided once for the batch: when
     every file takes the same one of SMALL_FILE_DECODERS, each is decoded by it alone, without a
     switch a file; and when the plans say every file's pixels come out the same size, they are
-    resized as one batch, which gives the values of one at a time for a fraction of the cost. A
-    file that fails to decode fails the batch (see `pipeline`)."""
+    resized as one batch, which gives the values of one at a time for a fraction of the cost
+    (and their thumbnails are made as one batch too). A file that fails to decode fails the
+    batch (see `pipeline`)."""
     if spec.encoded:
-        return data
+        return data, None
     heights = planned[:, Plan._fields.index("upright_height")]
     widths = planned[:, Plan._fields.index("upright_width")]
     one_size = ((tf.reduce_min(heights) == tf.reduce_max(heights)) & (tf.reduce_min(widths) == tf.reduce_max(widths))
@@ -230,13 +234,15 @@ def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec, options: 
             file_plan = Plan(*tf.unstack(one[1]))
             image = to_channels(decode(one[0], file_plan) if decode else pixels(one[0], file_plan, spec, options),
                                 spec.channels)
-            return tf.cond(one_size, lambda: tf.cast(image, tf.float32),
-                           lambda: resized(image, spec.image_size, options.resize))
+            return tf.cond(one_size, lambda: (tf.cast(image, tf.float32), tf.zeros([SIDE, SIDE])),
+                           lambda: (resized(image, spec.image_size, options.resize), thumbnails(image)))
 
-        images = tf.map_fn(upright, (data, planned),
-                           fn_output_signature=tf.TensorSpec([None, None, spec.channels], tf.float32))
-        return scaled(tf.cond(one_size, lambda: resized(images, spec.image_size, options.resize),
-                              lambda: tf.ensure_shape(images, [None, *spec.image_size, spec.channels])), spec)
+        images, thumbs = tf.map_fn(upright, (data, planned), fn_output_signature=(
+            tf.TensorSpec([None, None, spec.channels], tf.float32), tf.TensorSpec([SIDE, SIDE], tf.float32)))
+        return tf.cond(one_size, lambda: (scaled(resized(images, spec.image_size, options.resize), spec),
+                                          thumbnails(images)),
+                       lambda: (scaled(tf.ensure_shape(images, [None, *spec.image_size, spec.channels]), spec),
+                                thumbs))
 
     # A batch whose files all take one branch that small files take skips the switch a file.
     decoders = graph_decoders(spec, options)
@@ -248,7 +254,7 @@ def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec, options: 
     return tf.cond(  # tf.map_fn cannot stack no files of an unknown size
         tf.size(data) > 0,
         lambda: tf.switch_case(choice, [decoded] + [lambda branch=branch: decoded(decoders[branch]) for branch in alone]),
-        lambda: tf.zeros([0, *spec.image_size, spec.channels], spec.dtype))
+        lambda: (tf.zeros([0, *spec.image_size, spec.channels], spec.dtype), tf.zeros([0, SIDE, SIDE])))
 
 
 def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:

@@ -59,6 +59,7 @@ class Header(NamedTuple):
     webp_metadata: bool  # an EXIF or XMP chunk, which may say how to turn it upright
     png_metadata: bool  # a PNG chunk that may say so too (`png_may_be_turned`), when asked
     orientation: int  # a JPEG's EXIF orientation, 1 (upright) to 8; 1 when none or not asked
+    deep_png: bool  # 16 bits a sample: Pillow decodes it, by the one rule for high bit depth (`fallback`)
 
 
 def _uint(data: bytes, offset: int, length: int, little: bool = True) -> int:
@@ -104,7 +105,7 @@ def read_header(data: bytes, orientation: bool = True) -> Header:
     kind = image_format(data)
     width = height = 0
     frames, frame_pixels = (0, 0) if kind == UNKNOWN else (1, 0)
-    animated_webp = palette_bmp = odd_bmp = webp_metadata = png_metadata = False
+    animated_webp = palette_bmp = odd_bmp = webp_metadata = png_metadata = deep_png = False
     turned = 1
     if kind == JPEG:
         width, height = jpeg_size(data) or _libjpeg_size(data)
@@ -112,6 +113,7 @@ def read_header(data: bytes, orientation: bool = True) -> Header:
     elif kind == PNG:  # IHDR, always the first chunk
         width, height = _uint(data, 16, 4, False), _uint(data, 20, 4, False)
         png_metadata = orientation and png_may_be_turned(data)
+        deep_png = _uint(data, 24, 1) == 16  # IHDR's bit depth
     elif kind == GIF:  # the logical screen
         width, height = _uint(data, 6, 2), _uint(data, 8, 2)
         frames, frame_pixels = _walk_gif_blocks(data)
@@ -136,7 +138,7 @@ def read_header(data: bytes, orientation: bool = True) -> Header:
         else:  # lossy: low 14 bits; 2 bits of scaling
             width, height = _uint(data, 26, 2) % 2**14, _uint(data, 28, 2) % 2**14
     return Header(kind, width, height, frames, max(_area(width, height), frame_pixels), animated_webp,
-                  palette_bmp, odd_bmp, webp_metadata, png_metadata, turned)
+                  palette_bmp, odd_bmp, webp_metadata, png_metadata, turned, deep_png)
 
 
 def png_may_be_turned(data: bytes) -> bool:

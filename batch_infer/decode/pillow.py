@@ -17,6 +17,7 @@ import io
 import logging
 import re
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -54,10 +55,17 @@ class Refused(Exception):
         self.reason = reason
 
 
-def pixels(data: bytes, max_pixels: int, exif_transpose: bool) -> np.ndarray:
+class Decoded(NamedTuple):
+    """What Pillow gives of a file: its pixels, and its size as stored (for `width`, `height`)."""
+    pixels: np.ndarray  # uint8 [height, width, 1 to 4], upright when asked
+    width: int  # before any turn
+    height: int
+
+
+def pixels(data: bytes, max_pixels: int, exif_transpose: bool) -> Decoded:
     """The first frame (page) of a file as uint8 [height, width, 1 to 4], upright when asked, as
-    Pillow's ImageOps.exif_transpose turns it; Refused when Pillow cannot, or the size its header
-    declares is over `max_pixels` (then nothing is decoded)."""
+    Pillow's ImageOps.exif_transpose turns it, with its stored size; Refused when Pillow cannot,
+    or the size its header declares is over `max_pixels` (then nothing is decoded)."""
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             width, height = image.size
@@ -67,7 +75,7 @@ def pixels(data: bytes, max_pixels: int, exif_transpose: bool) -> np.ndarray:
             transparent = image.info.get("transparency") if image.format == "GIF" else None
             if exif_transpose:
                 image = ImageOps.exif_transpose(image)
-            return _array(image, transparent)
+            return Decoded(_array(image, transparent), width, height)
     except Refused:
         raise
     except Image.DecompressionBombError as error:
@@ -82,13 +90,27 @@ def pixels(data: bytes, max_pixels: int, exif_transpose: bool) -> np.ndarray:
         raise Refused("decode: truncated" if "truncated" in message else f"decode: {message}") from None
 
 
+def high_bit_depth(samples: np.ndarray) -> np.ndarray:
+    """Samples of more than 8 bits as uint8, by one rule for 16-bit PNGs, 16- and 32-bit TIFFs
+    and float TIFFs: linear from `low` = the smaller of 0 and the least sample, to `high` = the
+    least power of two at or above the greatest sample (1 at least), floor(256 (v - low) /
+    (high - low)), at most 255. So a 16-bit photo keeps its high byte (as TensorFlow's PNG
+    decoder gives it), 12 bits stored in 16 (microscopes, X-ray) read as 12 bits instead of
+    black, float samples in 0..1 as 0..255, and any other floats by their range. Zero stays black
+    unless samples go below it; NaN and infinities count as 0."""
+    values = np.nan_to_num(np.asarray(samples, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low = min(0.0, float(values.min(initial=0.0)))
+    high = 2.0 ** np.ceil(np.log2(max(float(values.max(initial=0.0)), 1.0)))
+    return np.minimum(np.floor((values - low) * (256.0 / (high - low))), 255).astype(np.uint8)
+
+
 def _array(image: Image.Image, transparent_index: int | None = None) -> np.ndarray:
     """Gray, gray+alpha, RGB or RGBA uint8, the channel layouts `geometry.to_channels` takes.
 
-    16-bit and 32-bit integer images keep their high byte, as TensorFlow's PNG decoder does
-    (Pillow's own conversion would clip them to white); float images are clipped to 0..255.
-    Transparent pixels of a palette GIF become black, as TensorFlow's GIF decoder gives them,
-    so a GIF's pixels do not depend on which decoder read it.
+    Images of more than 8 bits a sample (16- and 32-bit integers, floats) go by `high_bit_depth`
+    (Pillow's own conversion would clip them to white). Transparent pixels of a palette GIF
+    become black, as TensorFlow's GIF decoder gives them, so a GIF's pixels do not depend on
+    which decoder read it.
     """
     mode = image.mode
     if transparent_index is not None and mode in ("P", "L"):
@@ -96,10 +118,8 @@ def _array(image: Image.Image, transparent_index: int | None = None) -> np.ndarr
         array = np.where((np.asarray(image) == transparent_index)[..., None], 0, array)
     elif mode in ("L", "LA", "RGB", "RGBA"):
         array = np.asarray(image)
-    elif mode.startswith("I"):
-        array = (np.clip(np.asarray(image, np.int64), 0, 65535) >> 8).astype(np.uint8)
-    elif mode == "F":
-        array = np.clip(np.round(np.asarray(image, np.float64)), 0, 255).astype(np.uint8)
+    elif mode.startswith("I") or mode == "F":
+        array = high_bit_depth(np.asarray(image))
     elif mode in ("1", "La"):
         array = np.asarray(image.convert("L" if mode == "1" else "LA"))
     else:  # palette, CMYK, YCbCr, LAB, premultiplied RGBa, RGBX

@@ -26,7 +26,8 @@ class DecodedBatch(NamedTuple):
     """Files decoded as one batch, as both engines hand them to the scorer: where they are
     (indices into the listing in `batches`, positions among the bytes given to `BytesDecoder`),
     their model inputs in that order (None when none decoded), and their facts by name (width,
-    height, content_hash; see `graph.file_facts`). Files missing from `positions` dropped out."""
+    height, content_hash, see `graph.file_facts`; and the phash thumbnail). Files missing from
+    `positions` dropped out."""
 
     positions: np.ndarray
     images: tf.Tensor | None
@@ -111,13 +112,17 @@ def _read_and_decoded(files: list[ListedFile], spec: InputSpec, read_size: int, 
 
 
 def decoded_batch(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, tf.Tensor, dict]:
-    """(positions of the files the graph decodes, their model inputs, their facts) of a batch of
-    file contents: files that fail a check or are left to Pillow leave it before decoding."""
+    """(positions of the files the graph decodes, their model inputs, their facts, with their
+    `thumbnail`s unless the model takes encoded bytes) of a batch of file contents: files that
+    fail a check or are left to Pillow leave it before decoding."""
     planned, content_hash = plan_batch(data, spec, options)
     kept = planned[:, Plan._fields.index("branch")] != NOT_IN_GRAPH
     planned, content_hash = tf.boolean_mask(planned, kept), tf.boolean_mask(content_hash, kept)
-    return (tf.where(kept)[:, 0], decode_batch(tf.boolean_mask(data, kept), planned, spec, options),
-            file_facts(planned, content_hash))
+    images, thumbnails = decode_batch(tf.boolean_mask(data, kept), planned, spec, options)
+    facts = file_facts(planned, content_hash)
+    if thumbnails is not None:
+        facts["thumbnail"] = thumbnails
+    return tf.where(kept)[:, 0], images, facts
 
 
 def as_written(function):

@@ -1,0 +1,78 @@
+"""The `phash` column: a 64-bit perceptual fingerprint of each image, so that `review` finds
+resized, recompressed and slightly cropped copies whatever the model (a small task model's
+embedding puts two members of a class as close as a copy).
+
+It is a DCT pHash: the upright pixels as gray (ITU-R 601 luma, as everywhere else), averaged
+down to a 32x32 thumbnail; the 8x8 lowest frequencies of the thumbnail's 2-D DCT; one bit per
+frequency, set where it is above their median. Copies differ in a few of the 64 bits, different
+images in about half.
+
+The thumbnail is made in the decode graph from the pixels already decoded (`thumbnails`,
+batched where the batch is), after a strided slice that keeps about 64 samples along the short
+side, so a photo costs a few thousand samples, not its megapixels. The DCT and the bits are
+computed per image in numpy (`fingerprints`), with the coefficients rounded, so the same pixels
+give the same bits whichever engine, decoder or batch they came through.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SIDE = 32  # the thumbnail's side
+FREQUENCIES = 8  # the lowest 8x8 of the DCT: 64 bits
+SAMPLES = 4 * SIDE  # about this many samples along the short side before averaging
+DESCRIPTION = ("DCT pHash of the upright pixels: 8x8 lowest frequencies of a 32x32 gray thumbnail, "
+               "each bit set above their median, as 16 hex digits")
+
+
+def thumbnails(images):
+    """[..., height, width, 1 or 3] pixels (any dtype, 0..255) as [..., SIDE, SIDE] float32 gray:
+    a strided slice to about SAMPLES along the short side, then area averaging; luma after the
+    averaging, which is the same sum in another order and costs a thumbnail, not an image."""
+    from .tf_import import tf
+
+    shape = tf.shape(images)
+    step = tf.maximum(1, tf.minimum(shape[-3], shape[-2]) // SAMPLES)
+    sampled = images[..., ::step, ::step, :]
+    sampled.set_shape(images.shape[:-3].concatenate([None, None, images.shape[-1]]))  # a tensor step hides it
+    small = tf.image.resize(tf.cast(sampled, tf.float32), (SIDE, SIDE), method="area")
+    gray = tf.image.rgb_to_grayscale(small) if images.shape[-1] == 3 else small
+    return gray[..., 0]
+
+
+def _dct_matrix() -> np.ndarray:
+    """The first FREQUENCIES rows of the orthonormal DCT-II matrix of size SIDE, float64."""
+    k, n = np.arange(FREQUENCIES)[:, None], np.arange(SIDE)[None, :]
+    matrix = np.sqrt(2.0 / SIDE) * np.cos(np.pi * (2 * n + 1) * k / (2 * SIDE))
+    matrix[0] /= np.sqrt(2.0)
+    return matrix
+
+
+_DCT = _dct_matrix()
+
+
+def fingerprints(thumbnails: np.ndarray) -> np.ndarray:
+    """[images, SIDE, SIDE] thumbnails to one uint64 each, most significant bit the lowest
+    frequency. Coefficients are rounded to 1/1000 (pixel units) so that float noise in the last
+    place cannot flip a bit: a flat image has all 63 higher frequencies exactly 0."""
+    coefficients = _DCT @ np.asarray(thumbnails, np.float64) @ _DCT.T
+    flat = np.round(coefficients, 3).reshape(len(coefficients), FREQUENCIES * FREQUENCIES)
+    bits = flat > np.median(flat, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).reshape(-1)
+
+
+def as_text(values: np.ndarray) -> list[str]:
+    """uint64 fingerprints as 16 hex digits each, as `content_hash` is written."""
+    return [f"{int(value):016x}" for value in values]
+
+
+def from_text(texts) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of the texts that are fingerprints, their uint64 values); None and NaN skipped."""
+    positions = [i for i, text in enumerate(texts) if isinstance(text, str)]
+    return (np.array(positions, np.int64),
+            np.array([int(texts[i], 16) for i in positions], np.uint64).reshape(-1))
+
+
+def distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Bits that differ between uint64 fingerprints, elementwise (broadcasting), as uint8."""
+    return np.bitwise_count(np.bitwise_xor(first, second))
