@@ -321,13 +321,13 @@ def fingerprint(photos: str) -> None:
                              columns=["set", "transform", "bits"])
         within = (2, 4, 6, 8)
         print("\n## phash bits (of 64) that differ between an image and its copy\n\n| copy | pairs | median | "
-              "90th percentile | max | " + " | ".join(f"within {t}" for t in within) + " |\n|---" * 9 + "|")
+              "90th percentile | max | " + " | ".join(f"within {t}" for t in within) + " |\n" + "|---" * 9 + "|")
         for transform, group in table.groupby("transform", sort=False):
             print(f"| {transform} | {len(group)} | {group.bits.median():.0f} | {group.bits.quantile(0.9):.0f} | "
                   f"{group.bits.max()} | " + " | ".join(f"{(group.bits <= t).mean():.0%}" for t in within) + " |")
         print("\n## phash bits that differ between different images (every pair of originals in a set)\n\n"
               "| set | images | pairs | 1st percentile | " + " | ".join(f"pairs within {t}" for t in within)
-              + " |\n|---" * 8 + "|")
+              + " |\n" + "|---" * 8 + "|")
         for set_name, images in sets.items():
             originals = np.array([codes[f"{set_name}/{row:04d}.png"] for row in range(len(images))], np.uint64)
             apart = perceptual.distances(originals[:, None], originals[None, :])[np.triu_indices(len(originals), 1)]
