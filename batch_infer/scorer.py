@@ -146,10 +146,10 @@ class Scorer:
             return None
         if self.runtime.call is None:  # not converted: nothing to compare
             return self.runtime.gate(self.model, None, None)
-        decoded = [pixels for pixels, _ in self.fallback_pool.map(
+        decoded = [one.pixels for one, _ in self.fallback_pool.map(
             lambda item: rescue(item, None, self.model.spec, self.decoding), todo[:self.batch_size])
-            if pixels is not None]
-        batch = self.model_inputs(decoded) if decoded else probe_batch(self.model.spec)
+            if one is not None]
+        batch = self.model_inputs(decoded)[0] if decoded else probe_batch(self.model.spec)
         classes = next((head for head in self.heads if isinstance(head, Classification)), None)
         top1 = None if classes is None else (lambda outputs: np.argmax(classes.scores(outputs), axis=1))
         return self.runtime.gate(self.model, batch, top1)
