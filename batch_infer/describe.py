@@ -15,7 +15,7 @@ from .keras_model import (PENULTIMATE, _keras_info, embedding_layers, final_dens
                           keras_model_for, keras_outputs)
 from .model import TensorInfo, model_for, signature_inputs, signature_outputs
 from .model_files import locate
-from .model_loading import read_keras, read_saved_model
+from .model_loading import read_model
 from .listing import list_images
 from .scorer import check_resize_applies, scaling_collapses
 
@@ -38,11 +38,7 @@ def describe(path: str, signature: str = "serving_default", input_key: str | Non
     """What `inspect` shows, as one JSON-ready dict; with `sample`, a folder of images, the
     label-free scaling check that `run` makes on its first files, under every candidate."""
     model_file = locate(path)
-    library_lines: list[str] = []
-    if model_file.is_keras:
-        keras_model = read_keras(model_file, library_lines)
-    else:
-        loaded, keras_model = read_saved_model(model_file, library_lines)
+    loaded, keras_model = read_model(model_file, [])  # inspect prints no library lines
     if keras_model is not None:
         return _describe_keras(keras_model, model_file, input_key, output_key, image_size, preprocess,
                                resize, preset, labels, sample)

@@ -61,12 +61,17 @@ def dense_path(model) -> list:
 
 def final_dense(model):
     """The last Dense layer: the classification layer whose input `penultimate` means."""
+    return final_dense_path(model)[-1]
+
+
+def final_dense_path(model) -> list:
+    """`dense_path`, refused in one sentence when the model has no Dense layer."""
     path = dense_path(model)
     if not path:
         raise ConfigError(f"Keras model has no Dense layer, so --embedding-layer {PENULTIMATE} has "
                           "nothing to stand before; name a layer with --embedding-layer NAME "
                           "(batch-infer inspect MODEL lists them).")
-    return path[-1]
+    return path
 
 
 def _producer(model, tensor) -> str | None:
@@ -110,8 +115,8 @@ def embedding_layer_output(model, name: str) -> tuple[str, object, str]:
     """(output name, symbolic tensor or None, source in words) for --embedding-layer NAME or
     penultimate; None when the Dense layer sits in a nested Sequential (see `_chain_call`)."""
     if name == PENULTIMATE:
-        path = dense_path(model)
-        dense = final_dense(model)
+        path = final_dense_path(model)
+        dense = path[-1]
         if len(path) > 1:
             if not _is_chain(model, path):
                 raise ConfigError(f"The final Dense layer {dense.name!r} sits in the nested model "

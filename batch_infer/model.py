@@ -18,7 +18,7 @@ import numpy as np
 from . import scaling
 from .config import ConfigError
 from .model_files import ModelFile, locate
-from .model_loading import keras_metadata_layers, read_keras, read_saved_model
+from .model_loading import keras_metadata_layers, read_model
 from .preprocessing import preprocess
 from .tf_import import short_error, tf
 
@@ -238,15 +238,11 @@ def load_model(path: str, signature: str = "serving_default", input_key: str | N
 
     model_file = locate(path)
     library_lines: list[str] = []
-    if model_file.is_keras:
-        keras_model = read_keras(model_file, library_lines)
+    loaded, keras_model = read_model(model_file, library_lines)
+    if keras_model is not None:
         model = keras_model_for(keras_model, model_file, input_key, image_size, preprocess, embedding_layer)
     else:
-        loaded, keras_2 = read_saved_model(model_file, library_lines)
-        if keras_2 is not None:
-            model = keras_model_for(keras_2, model_file, input_key, image_size, preprocess, embedding_layer)
-        else:
-            model = model_for(loaded, model_file, signature, input_key, image_size, preprocess)
+        model = model_for(loaded, model_file, signature, input_key, image_size, preprocess)
     model.library_lines = library_lines
     return model
 

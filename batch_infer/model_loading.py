@@ -175,6 +175,13 @@ def read_saved_model(model_file: ModelFile, warned: list[str]):
                       "with model.export(DIR).")
 
 
+def read_model(model_file: ModelFile, warned: list[str]):
+    """(the loaded SavedModel, None) or (None, the Keras model), whatever `model_file` holds."""
+    if model_file.is_keras:
+        return None, read_keras(model_file, warned)
+    return read_saved_model(model_file, warned)
+
+
 def keras_metadata_layers(path: str) -> list[tuple[str, str]]:
     """(class name, layer name) of each layer a Keras 2 SavedModel's keras_metadata.pb lists,
     read from the JSON it stores per object, without tf_keras."""

@@ -144,11 +144,6 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
     # TensorFlow is imported only now, so a no-op re-run returns before paying for it.
     engine = engine_for(config)
     scorer, placement = engine.prepare()
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-    metadata = {"run_id": run_id, **scorer.metadata(), **placement,
-                "shard": f"{config.shard[0]}/{config.shard[1]}", "engine": config.engine,
-                "batch_infer_version": __version__, "tensorflow_version": _tensorflow_version(),
-                fingerprint.METADATA_KEY: json.dumps(run_fingerprint)}
     log.info("model %s: %s", config.model, scorer.describe())
     log.info("device %s: %s", placement["device"], placement["threads"])
     for line in scorer.model.library_lines:
@@ -156,7 +151,11 @@ def run(config: RunConfig, clock: Callable[[], float] = time.monotonic) -> Summa
     advice = scorer.advice(todo)
     for sentence in advice:
         log.warning("%s", sentence)
-    metadata.update(scorer.metadata())  # with the scaling check, when one ran
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    metadata = {"run_id": run_id, **scorer.metadata(), **placement,  # after the checks, which it records
+                "shard": f"{config.shard[0]}/{config.shard[1]}", "engine": config.engine,
+                "batch_infer_version": __version__, "tensorflow_version": _tensorflow_version(),
+                fingerprint.METADATA_KEY: json.dumps(run_fingerprint)}
     load_warnings = len(advice) + len(scorer.model.library_lines)
 
     local_output = not storage.is_url(config.output)

@@ -15,14 +15,13 @@ import pyarrow as pa
 from . import parallel, scaling
 from .config import ConfigError, RunConfig
 from .decode.diagnose import rescue, unread_reason
-from .decode.geometry import ModelInputs
+from .decode.geometry import ModelInputs, scaled
 from .decode.graph import PILLOW, TENSORFLOW
 from .decode.options import DecodeOptions
 from .decode.pipeline import DecodedBatch
 from .heads import Classification, Embedding, FileFacts, Head, KeptOutput
 from .listing import ListedFile
 from .model import Model, load_model, probe_batch
-from .preprocessing import preprocess
 from .tf_import import short_error, tf
 
 BASE_FIELDS = [pa.field("path", pa.string()), pa.field("status", pa.string()),
@@ -146,19 +145,21 @@ class Scorer:
             return None
         if self.runtime.call is None:  # not converted: nothing to compare
             return self.runtime.gate(self.model, None, None)
-        decoded = [one.pixels for one, _ in self.fallback_pool.map(
-            lambda item: rescue(item, None, self.model.spec, self.decoding), todo[:self.batch_size])
-            if one is not None]
+        decoded = pillow_pixels(todo[:self.batch_size], self.model.spec, self.decoding, self.fallback_pool)
         batch = self.model_inputs(decoded)[0] if decoded else probe_batch(self.model.spec)
-        classes = next((head for head in self.heads if isinstance(head, Classification)), None)
+        classes = self.classes
         top1 = None if classes is None else (lambda outputs: np.argmax(classes.scores(outputs), axis=1))
         return self.runtime.gate(self.model, batch, top1)
 
+    @property
+    def classes(self) -> Classification | None:
+        """The class-scores head, when the run writes one."""
+        return next((head for head in self.heads if isinstance(head, Classification)), None)
+
     def _check_scaling(self, todo: list[ListedFile]) -> str | None:
-        classes = next((head for head in self.heads if isinstance(head, Classification)), None)
-        if classes is None:
+        if self.classes is None:
             return None
-        collapses, images = scaling_collapses(self.model, classes, self.decoding, todo, self.fallback_pool)
+        collapses, images = scaling_collapses(self.model, self.classes, self.decoding, todo, self.fallback_pool)
         if not collapses:
             return None
         self.scaling_check = {name: vars(collapse) for name, collapse in collapses.items()}
@@ -260,6 +261,13 @@ class Scorer:
         return _joined(taken), failures
 
 
+def pillow_pixels(items: list[ListedFile], spec, decoding: DecodeOptions, pool) -> list[np.ndarray]:
+    """The upright pixels of those of `items` that decode, read and decoded by Pillow on `pool`:
+    the few images the checks before a run look at, outside the run's pipeline."""
+    return [one.pixels for one, _ in pool.map(lambda item: rescue(item, None, spec, decoding), items)
+            if one is not None]
+
+
 def scaling_collapses(model: Model, classes: Classification, decoding: DecodeOptions,
                       items: list[ListedFile], pool, every: bool = False) -> tuple[dict, int]:
     """({scaling: Collapse}, images) for up to CHECK_IMAGES of `items`, spread over them,
@@ -269,15 +277,13 @@ def scaling_collapses(model: Model, classes: Classification, decoding: DecodeOpt
     if spec.encoded or spec.dtype == tf.uint8:
         return {}, 0
     step = max(1, len(items) // scaling.CHECK_IMAGES)
-    decoded = [one.pixels for one, _ in pool.map(lambda item: rescue(item, None, spec, decoding),
-                                                 items[::step][:scaling.CHECK_IMAGES])
-               if one is not None]
+    decoded = pillow_pixels(items[::step][:scaling.CHECK_IMAGES], spec, decoding, pool)
     if len(decoded) < scaling.MIN_CHECK_IMAGES:
         return {}, 0
     unscaled = ModelInputs(replace(spec, preprocess="raw", dtype=tf.float32), decoding.resize)(decoded)[0]
     collapses = {}
     for candidate in [spec.preprocess] + [name for name in scaling.candidates(spec) if name != spec.preprocess]:
-        inputs = tf.cast(preprocess(unscaled, candidate), spec.dtype)
+        inputs = scaled(unscaled, replace(spec, preprocess=candidate))
         collapses[candidate] = scaling.Collapse.of(classes.scores(model.predict(inputs)))
         if not every and collapses[spec.preprocess].pinned < scaling.SUSPECT:
             break
