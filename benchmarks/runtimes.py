@@ -15,7 +15,8 @@ exported with `model.export` (random weights: speed does not depend on them).
   gate may keep TensorFlow) and the share of files whose top-k is identical in the two outputs.
 
 Prints the load average before and after each model, and leaves the ratios out when it was
-above bench.py's QUIET_LOAD, unless --busy-ok.
+above bench.py's QUIET_LOAD before one (after its own last model faded, see bench.settled_load),
+unless --busy-ok.
 
     python benchmarks/runtimes.py [--models mobilenet_v2,efficientnet_b0,resnet50] [--quick]
 
@@ -41,7 +42,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import corpora  # noqa: E402
-from bench import QUIET_LOAD  # noqa: E402
+from bench import QUIET_LOAD, settled_load  # noqa: E402
 
 BATCH = 32
 FAMILIES = {"mobilenet_v2": "MobileNetV2", "efficientnet_b0": "EfficientNetB0", "resnet50": "ResNet50"}
@@ -158,12 +159,12 @@ def main() -> None:
           f"batch size {BATCH}, photos x{copies}", flush=True)
     rows, busiest = [], 0.0
     for name in names:
-        before = os.getloadavg()[0]
+        before = settled_load()
         path = make_family(name)
         limits = model_limits(path, args.rounds, args.batches)
         e2e = end_to_end(path, folder, args.pairs)
         after = os.getloadavg()[0]
-        busiest = max(busiest, before, after)
+        busiest = max(busiest, before)
         print(f"{name}: load average {before:.2f} before, {after:.2f} after", file=sys.stderr, flush=True)
         rows.append({"model": FAMILIES[name], "limit TF": f"{limits['tensorflow']:.1f}",
                      "limit ONNX": f"{limits['onnx']:.1f}", "limit ONNX/TF": f"{limits['onnx'] / limits['tensorflow']:.2f}x",
@@ -178,7 +179,7 @@ def main() -> None:
     for row in rows:
         print("| " + " | ".join(row[key] for key in header) + " |")
     if busy:
-        print(f"\nratios left out: the load average reached {busiest:.2f}, above {QUIET_LOAD}; other work "
+        print(f"\nratios left out: the load average was {busiest:.2f} before a model, above {QUIET_LOAD}; other work "
               "was running, which hides real gaps. Run again on a quiet machine, or pass --busy-ok.")
 
 
