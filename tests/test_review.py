@@ -21,6 +21,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 
+from batch_infer import duplicates
 from batch_infer.cli import main
 from conftest import SAMPLE_MODEL, invoke, read_output
 
@@ -298,3 +299,29 @@ def test_embeddings_are_read_part_by_part_into_rows_by_path(tmp_path):
     np.testing.assert_array_equal(numbers, np.flatnonzero(valid))
     np.testing.assert_array_equal(got, vectors[valid])
     assert read_embeddings(str(tmp_path), paths[:0])[1].shape == (0, 3)
+
+
+def test_embedding_search_finds_exactly_the_pairs_a_full_comparison_does():
+    """Wide embeddings are first compared through a bound; it may only overstate a similarity,
+    so the pairs found are those of the full product, including pairs just either side of the
+    threshold."""
+    rng = np.random.default_rng(0)
+    rows, width = duplicates.BLOCK_COLUMNS + 3000, 1280
+    classes = rng.standard_normal((10, 48), dtype=np.float32) * 3
+    mixing = rng.standard_normal((48, width), dtype=np.float32)
+    latent = classes[rng.integers(0, 10, rows)] + rng.standard_normal((rows, 48), dtype=np.float32)
+    vectors = np.maximum(latent @ mixing + 2 * rng.standard_normal((rows, width), dtype=np.float32), 0)
+    copies = len(vectors[1::40])
+    noise = rng.uniform(0.5, 5, (copies, 1)).astype(np.float32)  # copies 0.91 to 0.999 alike
+    vectors[1::40] = vectors[0::40][:copies] + noise * rng.standard_normal((copies, width), dtype=np.float32)
+    unit = duplicates.unit_centred(vectors.copy())
+    assert duplicates.bounded(unit) is not None
+    full = unit @ unit.T
+    for threshold in (0.95, 0.99):
+        pairs, used, crowded = duplicates.near_pairs(vectors.copy(), threshold)
+        first, second = np.nonzero(np.triu(full >= threshold, 1))
+        expected = [(a, b) for a, b in zip(first.tolist(), second.tolist()) if not (crowded[a] or crowded[b])]
+        planted = sum(1 for a, b in expected if a % 40 == 0 and b == a + 1)
+        assert copies // 10 < planted < copies  # copies either side of the threshold
+        assert sorted(zip(pairs.first.tolist(), pairs.second.tolist())) == expected
+        np.testing.assert_allclose(pairs.similarity, full[pairs.first, pairs.second], atol=1e-5)
