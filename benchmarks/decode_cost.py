@@ -11,8 +11,12 @@ the model limit any pipeline can come. For each corpus this times, in one thread
 - batch-infer decode: `decode.graph.decode` as `run` uses it (header checks, EXIF orientation, scaled
   JPEG decode, resize);
 - model: the signature on a batch of pre-decoded tensors, per image (bench.py's model limit with
-  one stream).
-and prints that best share for each kind of decode.
+  one stream);
+- phash: the `phash` column alone, from pixels decoded beforehand (camera photos at the JPEG
+  scale `run` decodes them at): the thumbnails, made as `run` makes them (one batch where the
+  batch is small enough, else one image at a time), and the bits;
+and prints that best share for each kind of decode, and the phash's share of an image's work
+(model + batch-infer decode).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ import corpora  # noqa: E402
 from bench import BATCH, DECODING, model_for, model_limit  # noqa: E402
 from batch_infer.listing import list_images  # noqa: E402
 from batch_infer.model import load_model  # noqa: E402
-from batch_infer.decode.graph import decode  # noqa: E402
+from batch_infer.decode.graph import ONE_RESIZE_PIXELS, decode  # noqa: E402
+from batch_infer.perceptual import fingerprints, thumbnails  # noqa: E402
 from batch_infer.tf_import import tf  # noqa: E402
 
 FILES = {"photos": 300, "camera": 40, "small": 4000, "small-jpeg": 4000}  # enough for a steady figure
+JPEG_RATIO = {"camera": 8}  # the scale `run` decodes 4000x3000 photos at for a 224x224 model
 
 
 def per_image_us(paths: list[bytes], function) -> float:
@@ -55,6 +61,35 @@ def per_image_us(paths: list[bytes], function) -> float:
     return min(seconds() for _ in range(3)) / len(paths) * 1e6
 
 
+def phash_us(paths: list[bytes], channels: int, ratio: int) -> float:
+    """Best of 3 passes of the phash alone on pre-decoded batches of BATCH images (the corpora's
+    images are each one size), in microseconds per image."""
+    def pixels(path):
+        data = tf.io.read_file(path)
+        if ratio > 1:
+            return tf.io.decode_jpeg(data, channels, ratio)
+        return tf.io.decode_image(data, channels=channels, expand_animations=False)
+
+    images = [pixels(path) for path in paths]
+    batches = [tf.stack(images[i:i + BATCH]) for i in range(0, len(images), BATCH)]
+    one_resize = BATCH * images[0].shape[0] * images[0].shape[1] <= ONE_RESIZE_PIXELS
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8)])
+    def thumbs(batch):
+        if one_resize:
+            return thumbnails(tf.cast(batch, tf.float32))
+        return tf.map_fn(thumbnails, batch, fn_output_signature=tf.float32)  # as `run`: uint8 a file
+
+    def seconds() -> float:
+        started = time.perf_counter()
+        for batch in batches:
+            fingerprints(thumbs(batch).numpy())
+        return time.perf_counter() - started
+
+    seconds()  # traces
+    return min(seconds() for _ in range(3)) / len(paths) * 1e6
+
+
 def costs(name: str) -> dict[str, float]:
     folder = corpora.make_corpus(name, tf)
     paths = [item.fs_path for item in list_images(folder, ("jpg", "png"))][:FILES[name]]
@@ -71,6 +106,7 @@ def costs(name: str) -> dict[str, float]:
                                                                          antialias=True)),
         "batch-infer decode": per_image_us(paths, lambda path: decode(tf.io.read_file(path), spec, DECODING)),
         "model": 1e6 / model_limit(runner, len(paths), streams=1),
+        "phash": phash_us(paths, spec.channels, JPEG_RATIO.get(name, 1)),
     }
 
 
@@ -80,16 +116,18 @@ def main() -> None:
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    columns = ("read", "decode alone", "plain decode", "batch-infer decode", "model")
+    columns = ("read", "decode alone", "plain decode", "batch-infer decode", "model", "phash")
     decodes = ("decode alone", "plain decode", "batch-infer decode")
     print("µs per image on one core, and the best share of the model limit each decode leaves:\n")
-    print("| corpus | " + " | ".join(columns) + " | " + " | ".join(f"best, {key}" for key in decodes) + " |")
-    print("|" + "---|" * (len(columns) + len(decodes) + 1))
+    print("| corpus | " + " | ".join(columns) + " | " + " | ".join(f"best, {key}" for key in decodes)
+          + " | phash share |")
+    print("|" + "---|" * (len(columns) + len(decodes) + 2))
     for name in args.corpora.split(","):
         cost = costs(name)
         best = [cost["model"] / (cost["model"] + cost[key]) for key in decodes]
         print(f"| {name} | " + " | ".join(f"{cost[key]:.0f}" for key in columns)
-              + " | " + " | ".join(f"{share:.2f}x" for share in best) + " |", flush=True)
+              + " | " + " | ".join(f"{share:.2f}x" for share in best)
+              + f" | {cost['phash'] / (cost['model'] + cost['batch-infer decode']):.1%} |", flush=True)
 
 
 if __name__ == "__main__":
