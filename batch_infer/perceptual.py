@@ -26,21 +26,27 @@ DESCRIPTION = ("DCT pHash of the upright pixels: 8x8 lowest frequencies of a 32x
 
 
 def thumbnails(images):
-    """[..., height, width, 1 or 3] pixels (any dtype, 0..255) as [..., SIDE, SIDE] float32 gray:
-    images longer than SAMPLES on their short side first sampled down to SAMPLES there
-    (bilinear, which reads four pixels a sample, so a photo costs the same whatever its size; a
-    strided slice cost eight times as much), then area averaging; luma after the averaging,
-    which is the same sum in another order and costs a thumbnail, not an image."""
+    """[..., height, width, 1 or 3] pixels (any dtype, 0..255) as [..., SIDE, SIDE] float32 gray,
+    by area averaging; luma after the averaging, which is the same sum in another order and
+    costs a thumbnail, not an image. Two cheaper ways to the same kind of average:
+    - an image longer than SAMPLES on its short side is first sampled down to SAMPLES there,
+      bilinearly (four pixels read a sample, so a photo costs the same whatever its size; a
+      strided slice cost four times as much);
+    - an image from SIDE to 2 * SIDE on each side is resized bilinearly: at those factors every
+      pixel counts, at exactly 2 the values are the area average's, and it costs two thirds as
+      much (the common thumbnail of 64x64 is the case)."""
     from .tf_import import tf
 
     size = tf.shape(images)[-3:-1]
-    short = tf.reduce_min(size)
+    short, long = tf.reduce_min(size), tf.reduce_max(size)
     sampled = tf.cond(
         short > SAMPLES,
         lambda: tf.image.resize(images, tf.cast(tf.round(tf.cast(size * SAMPLES, tf.float32) / tf.cast(short, tf.float32)),
                                                 tf.int32), method="bilinear"),
         lambda: tf.cast(images, tf.float32))
-    small = tf.image.resize(sampled, (SIDE, SIDE), method="area")
+    small = tf.cond((short >= SIDE) & (long <= 2 * SIDE),
+                    lambda: tf.image.resize(sampled, (SIDE, SIDE), method="bilinear"),
+                    lambda: tf.image.resize(sampled, (SIDE, SIDE), method="area"))
     gray = tf.image.rgb_to_grayscale(small) if images.shape[-1] == 3 else small
     return gray[..., 0]
 

@@ -35,6 +35,7 @@ from bench import BATCH, DECODING, model_for, model_limit  # noqa: E402
 from batch_infer.listing import list_images  # noqa: E402
 from batch_infer.model import load_model  # noqa: E402
 from batch_infer.decode.graph import ONE_RESIZE_PIXELS, decode  # noqa: E402
+from batch_infer.decode.pipeline import batches_per_read  # noqa: E402
 from batch_infer.perceptual import fingerprints, thumbnails  # noqa: E402
 from batch_infer.tf_import import tf  # noqa: E402
 
@@ -61,9 +62,10 @@ def per_image_us(paths: list[bytes], function) -> float:
     return min(seconds() for _ in range(3)) / len(paths) * 1e6
 
 
-def phash_us(paths: list[bytes], channels: int, ratio: int) -> float:
-    """Best of 3 passes of the phash alone on pre-decoded batches of BATCH images (the corpora's
-    images are each one size), in microseconds per image."""
+def phash_us(paths: list[bytes], channels: int, ratio: int, read_size: int) -> float:
+    """Best of 3 passes of the phash alone on pre-decoded batches of `read_size` images, the
+    batches `run` decodes as one (the corpora's images are each one size), in microseconds per
+    image."""
     def pixels(path):
         data = tf.io.read_file(path)
         if ratio > 1:
@@ -71,14 +73,15 @@ def phash_us(paths: list[bytes], channels: int, ratio: int) -> float:
         return tf.io.decode_image(data, channels=channels, expand_animations=False)
 
     images = [pixels(path) for path in paths]
-    batches = [tf.stack(images[i:i + BATCH]) for i in range(0, len(images), BATCH)]
-    one_resize = BATCH * images[0].shape[0] * images[0].shape[1] <= ONE_RESIZE_PIXELS
+    one_resize = read_size * images[0].shape[0] * images[0].shape[1] <= ONE_RESIZE_PIXELS
+    # As `run` hands them over: a batch resized as one is float32 already (for the model), a
+    # file at a time is its decoded uint8.
+    dtype = tf.float32 if one_resize else tf.uint8
+    batches = [tf.cast(tf.stack(images[i:i + read_size]), dtype) for i in range(0, len(images), read_size)]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], dtype)])
     def thumbs(batch):
-        if one_resize:
-            return thumbnails(tf.cast(batch, tf.float32))
-        return tf.map_fn(thumbnails, batch, fn_output_signature=tf.float32)  # as `run`: uint8 a file
+        return thumbnails(batch) if one_resize else tf.map_fn(thumbnails, batch, fn_output_signature=tf.float32)
 
     def seconds() -> float:
         started = time.perf_counter()
@@ -92,7 +95,8 @@ def phash_us(paths: list[bytes], channels: int, ratio: int) -> float:
 
 def costs(name: str) -> dict[str, float]:
     folder = corpora.make_corpus(name, tf)
-    paths = [item.fs_path for item in list_images(folder, ("jpg", "png"))][:FILES[name]]
+    files = list_images(folder, ("jpg", "png"))[:FILES[name]]
+    paths = [item.fs_path for item in files]
     runner = load_model(model_for(name))
     spec = runner.spec
 
@@ -106,7 +110,7 @@ def costs(name: str) -> dict[str, float]:
                                                                          antialias=True)),
         "batch-infer decode": per_image_us(paths, lambda path: decode(tf.io.read_file(path), spec, DECODING)),
         "model": 1e6 / model_limit(runner, len(paths), streams=1),
-        "phash": phash_us(paths, spec.channels, JPEG_RATIO.get(name, 1)),
+        "phash": phash_us(paths, spec.channels, JPEG_RATIO.get(name, 1), BATCH * batches_per_read(files, spec, BATCH)),
     }
 
 
