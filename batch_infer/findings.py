@@ -37,6 +37,9 @@ TRAINED_ON_NOTE = ("Predictions on images the model was trained on are overconfi
 FILES = ("suspects", "duplicates", "per_class", "confusion")
 # What found a pair, in the order the `signal` column lists them.
 SIGNALS = ("content_hash", "phash", "embedding")
+# An embedding pair whose phash values differ in more bits than this looks different: measured,
+# see the README ("Reviewing a labelled dataset").
+UNLIKE_BITS = 20
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class Review:
     phash_distance: int | None  # None: OUT has no phash column (or --phash-distance off)
     pairs_by_signal: dict[str, int]  # duplicate pairs each signal found
     crowded: int  # rows left out of near pairs: more than duplicates.CROWD neighbours
+    unlike: int  # embedding pairs left out: their phash values differ in more than UNLIKE_BITS bits
     warnings: list[str]
 
     @property
@@ -135,7 +139,7 @@ class Review:
             "mixed_label_groups": int(groups.mixed_labels.sum()), "near_threshold": self.near_threshold,
             "near_threshold_source": self.threshold_source if self.near_threshold is not None else None,
             "phash_distance": self.phash_distance, "pairs_by_signal": self.pairs_by_signal,
-            "crowded": self.crowded,
+            "crowded": self.crowded, "embedding_pairs_unlike_by_phash": self.unlike,
             "warnings": self.warnings, "review": os.path.abspath(review_dir) if review_dir else None,
         }
 
@@ -181,7 +185,9 @@ class Review:
             ways.append(f"by phash within {self.phash_distance} bits: {_count(self.pairs_by_signal['phash'], 'pair')}")
         if self.near_threshold is not None:
             ways.append(f"by embedding at centred cosine similarity >= {self.near_threshold} ({self.threshold_source}): "
-                        f"{_count(self.pairs_by_signal['embedding'], 'pair')}")
+                        f"{_count(self.pairs_by_signal['embedding'], 'pair')}"
+                        + (f" ({self.unlike} more left out: their phash values differ in more than {UNLIKE_BITS} "
+                           "bits)" if self.unlike else ""))
         if not ways:
             return ("no phash or embedding in OUT, so exact copies only (score again with this version for "
                     "the phash column, or with --embedding-key or --embedding-layer)")
@@ -232,15 +238,15 @@ def load(output: str, truth: Truth, similarity: float | None = None,
     true = given.map(matching.label_of)
     scored = _scored(rows[ok & true.notna()], given, true)
     warnings = _sorted_folder_warning(rows[ok & given.notna()], given, labels, matching)
-    found, threshold, used_distance, pairs_by_signal, crowded = _duplicates(rows, given, embeddings, similarity,
-                                                                            phash_distance)
+    found, threshold, used_distance, pairs_by_signal, crowded, unlike = _duplicates(
+        rows, given, embeddings, similarity, phash_distance)
     return Review(
         output=storage.absolute(output), truth=truth, rows=len(rows), ok=int(ok.sum()),
         top_k=int(max((len(k) for k in rows.top_k_labels[ok]), default=0)), matching=matching,
         labels=labels, scored=scored, per_class=_per_class(scored), confusion=_confusion(scored),
         suspects=_suspects(scored), duplicates=found, near_threshold=threshold, crowded=crowded,
         threshold_source="auto" if similarity is None else "--similarity", phash_distance=used_distance,
-        pairs_by_signal=pairs_by_signal, warnings=warnings)
+        pairs_by_signal=pairs_by_signal, unlike=unlike, warnings=warnings)
 
 
 def _few(names: list[str], shown: int = 8) -> str:
@@ -335,19 +341,23 @@ def _sorted_folder_warning(rows: pd.DataFrame, given: pd.Series, labels: list[st
 
 def _duplicates(rows: pd.DataFrame, given: pd.Series, embeddings: tuple[np.ndarray, np.ndarray] | None,
                 similarity: float | None, phash_distance: int | None
-                ) -> tuple[pd.DataFrame, float | None, int | None, dict[str, int], int]:
+                ) -> tuple[pd.DataFrame, float | None, int | None, dict[str, int], int, int]:
     """(one row per file in a group of two or more, the embedding threshold used (None without
     embeddings), the phash distance used (None without phash), the pairs each signal found, the
-    rows too crowded for near pairs). Exact copies have the same content_hash, whatever their
-    status; near copies are ok rows whose phash values or embeddings are alike. A pair found
-    either way joins a group (the union), and each member's `signal` names what joined it."""
+    rows too crowded for near pairs, the embedding pairs left out as unlike by phash). Exact
+    copies have the same content_hash, whatever their status; near copies are ok rows whose
+    phash values or embeddings are alike, an embedding pair only where the phash does not say
+    the two look different. A pair found either way joins a group (the union), and each
+    member's `signal` names what joined it."""
     count = len(rows)
     hashes = rows.content_hash.where(rows.content_hash.notna(), None).tolist() if "content_hash" in rows else [None] * count
     found = {"content_hash": duplicates.exact_pairs(hashes)}
     crowded = np.zeros(count, bool)
     threshold = used_distance = None
+    unlike = 0
     if "phash" in rows and phash_distance is not None:
-        pairs, crowd = _phash_pairs(rows.phash.tolist(), hashes, phash_distance)
+        positions, codes = perceptual.from_text(rows.phash.tolist())
+        pairs, crowd = _phash_pairs(positions, codes, hashes, phash_distance)
         if pairs is not None:
             found["phash"], used_distance = pairs, phash_distance
             crowded |= crowd
@@ -356,6 +366,8 @@ def _duplicates(rows: pd.DataFrame, given: pd.Series, embeddings: tuple[np.ndarr
         near, threshold, crowd = duplicates.near_pairs(vectors, similarity)
         found["embedding"] = duplicates.Pairs(numbers[near.first], numbers[near.second], near.similarity)
         crowded[numbers] |= crowd
+        if used_distance is not None:
+            found["embedding"], unlike = _alike_by_phash(found["embedding"], positions, codes, count)
     component = duplicates.components(count, *found.values())
     best = duplicates.best_similarity(count, *found.values())
     sizes = np.bincount(component, minlength=count)
@@ -370,16 +382,30 @@ def _duplicates(rows: pd.DataFrame, given: pd.Series, embeddings: tuple[np.ndarr
                           "signal": np.array(signal, dtype=object)})
     counts = {name: len(pairs.first) for name, pairs in found.items()}
     result = _NO_DUPLICATES.copy() if frame.empty else _numbered(frame)
-    return result, threshold, used_distance, counts, int(crowded.sum())
+    return result, threshold, used_distance, counts, int(crowded.sum()), unlike
 
 
-def _phash_pairs(texts: list, hashes: list[str | None], max_bits: int
+def _alike_by_phash(pairs: duplicates.Pairs, positions: np.ndarray, codes: np.ndarray, rows: int
+                    ) -> tuple[duplicates.Pairs, int]:
+    """(the embedding `pairs` less those whose phash values differ in more than UNLIKE_BITS
+    bits, how many those were). A small task model's embedding puts two members of a class as
+    close as a copy; two images whose fingerprints differ that much do not look alike. A pair
+    with a row without a phash is kept."""
+    known, code = np.zeros(rows, bool), np.zeros(rows, np.uint64)
+    known[positions], code[positions] = True, codes
+    unlike = (known[pairs.first] & known[pairs.second]
+              & (perceptual.distances(code[pairs.first], code[pairs.second]) > UNLIKE_BITS))
+    keep = ~unlike
+    return duplicates.Pairs(pairs.first[keep], pairs.second[keep], pairs.similarity[keep]), int(unlike.sum())
+
+
+def _phash_pairs(positions: np.ndarray, codes: np.ndarray, hashes: list[str | None], max_bits: int
                  ) -> tuple[duplicates.Pairs | None, np.ndarray]:
-    """(pairs of rows whose phash values differ in at most `max_bits` bits, which rows are
-    crowded); (None, ...) when no row has a phash. One row per content_hash takes part: exact
-    copies are grouped by their hash, and would otherwise crowd out an image copied often."""
-    positions, codes = perceptual.from_text(texts)
-    crowded = np.zeros(len(texts), bool)
+    """(pairs of rows whose phash values (`codes`, at row `positions`) differ in at most
+    `max_bits` bits, which rows are crowded); (None, ...) when no row has a phash. One row per
+    content_hash takes part: exact copies are grouped by their hash, and would otherwise crowd
+    out an image copied often."""
+    crowded = np.zeros(len(hashes), bool)
     if not len(positions):
         return None, crowded
     first_of_file, seen = np.ones(len(positions), bool), set()

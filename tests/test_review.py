@@ -159,6 +159,33 @@ def test_text_summary(labelled, capsys):
     assert "duplicates: " in text and "(auto)" in text
 
 
+def test_embedding_pairs_that_look_different_by_phash_are_left_out(labelled, tmp_path):
+    """At a loose --similarity the digits model pairs different digits of a class; those whose
+    phash values differ in more than UNLIKE_BITS bits are left out and counted, the copies kept;
+    with --phash-distance off the embedding alone decides, as before."""
+    from batch_infer import findings, perceptual
+
+    def review(*extra: str) -> tuple[dict, pd.DataFrame]:
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            assert main(["review", str(labelled[1]), "--truth", "folder", "--similarity", "0.95", "--json",
+                         "--output", str(tmp_path / str(len(extra))), *extra]) == 0
+        return json.loads(stdout.getvalue()), pd.read_parquet(tmp_path / str(len(extra)) / "duplicates.parquet")
+
+    (both, found), (alone, _) = review(), review("--phash-distance", "off")
+    assert both["embedding_pairs_unlike_by_phash"] > 0
+    assert (both["pairs_by_signal"]["embedding"] + both["embedding_pairs_unlike_by_phash"]
+            == alone["pairs_by_signal"]["embedding"])
+    assert alone["embedding_pairs_unlike_by_phash"] == 0
+    rows = read_output(str(labelled[1])).set_index("path")
+    for _, group in found[found.signal == "embedding"].groupby("group"):
+        if len(group) == 2:  # a group of one embedding pair: its two fingerprints are alike
+            codes = perceptual.from_text(rows.phash[group.path].tolist())[1]
+            assert perceptual.distances(codes[0], codes[1]) <= findings.UNLIKE_BITS
+    pairs = {frozenset(pair) for _, group in found.groupby("group") for pair in itertools.combinations(group.path, 2)}
+    assert len(pairs & labelled[3]) >= 0.9 * len(labelled[3])
+
+
 def test_unmatched_names_are_listed_and_loose_matches_shown(tmp_path, capsys):
     images = tmp_path / "images"
     for row, (image, digit) in enumerate(held_out_digits(40)):
