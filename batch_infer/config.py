@@ -169,7 +169,7 @@ def _cosine(name: str, value: Any) -> float:
 # Near copies by fingerprint: at most this many of the 64 phash bits differ. Measured (README,
 # "Reviewing a labelled dataset"): nearly every resized or recompressed copy differs in 4 bits or
 # fewer; different photos in far more, different drawn shapes or digits rarely.
-PHASH_DISTANCE = 4
+PHASH_DISTANCE = 6
 
 
 def _phash_distance(name: str, value: Any) -> int | None:

@@ -37,9 +37,11 @@ TRAINED_ON_NOTE = ("Predictions on images the model was trained on are overconfi
 FILES = ("suspects", "duplicates", "per_class", "confusion")
 # What found a pair, in the order the `signal` column lists them.
 SIGNALS = ("content_hash", "phash", "embedding")
-# An embedding pair whose phash values differ in more bits than this looks different: measured,
-# see the README ("Reviewing a labelled dataset").
+# Two images whose phash values differ in more bits than this, or whose mean colours differ by
+# more levels in a channel, do not look alike: measured, see the README ("Reviewing a labelled
+# dataset").
 UNLIKE_BITS = 20
+UNLIKE_LEVELS = 8
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class Review:
     phash_distance: int | None  # None: OUT has no phash column (or --phash-distance off)
     pairs_by_signal: dict[str, int]  # duplicate pairs each signal found
     crowded: int  # rows left out of near pairs: more than duplicates.CROWD neighbours
-    unlike: int  # embedding pairs left out: their phash values differ in more than UNLIKE_BITS bits
+    unlike: dict[str, int]  # near pairs left out by signal: unlike by phash or mean colour (`_Looks`)
     warnings: list[str]
 
     @property
@@ -139,7 +141,7 @@ class Review:
             "mixed_label_groups": int(groups.mixed_labels.sum()), "near_threshold": self.near_threshold,
             "near_threshold_source": self.threshold_source if self.near_threshold is not None else None,
             "phash_distance": self.phash_distance, "pairs_by_signal": self.pairs_by_signal,
-            "crowded": self.crowded, "embedding_pairs_unlike_by_phash": self.unlike,
+            "crowded": self.crowded, "pairs_unlike": self.unlike,
             "warnings": self.warnings, "review": os.path.abspath(review_dir) if review_dir else None,
         }
 
@@ -182,16 +184,20 @@ class Review:
         """How near copies were looked for, and the pairs each signal found."""
         ways = []
         if self.phash_distance is not None:
-            ways.append(f"by phash within {self.phash_distance} bits: {_count(self.pairs_by_signal['phash'], 'pair')}")
+            ways.append(f"by phash within {self.phash_distance} bits: {_count(self.pairs_by_signal['phash'], 'pair')}"
+                        + self._unlike_text("phash"))
         if self.near_threshold is not None:
             ways.append(f"by embedding at centred cosine similarity >= {self.near_threshold} ({self.threshold_source}): "
-                        f"{_count(self.pairs_by_signal['embedding'], 'pair')}"
-                        + (f" ({self.unlike} more left out: their phash values differ in more than {UNLIKE_BITS} "
-                           "bits)" if self.unlike else ""))
+                        f"{_count(self.pairs_by_signal['embedding'], 'pair')}" + self._unlike_text("embedding"))
         if not ways:
             return ("no phash or embedding in OUT, so exact copies only (score again with this version for "
                     "the phash column, or with --embedding-key or --embedding-layer)")
         return "near copies " + "; ".join(ways)
+
+    def _unlike_text(self, signal: str) -> str:
+        left_out = self.unlike.get(signal, 0)
+        return (f" ({left_out} more left out: phash values more than {UNLIKE_BITS} bits or mean colours more "
+                f"than {UNLIKE_LEVELS} levels apart)") if left_out else ""
 
     def write(self, review_dir: str) -> None:
         os.makedirs(review_dir, exist_ok=True)
@@ -216,7 +222,7 @@ def load(output: str, truth: Truth, similarity: float | None = None,
     OUT has no class scores, lacks the truth column, or no given label matches a model label."""
     from .output import read_parts  # pyarrow only now: `--help` stays fast
 
-    extra = ["content_hash", "phash"] + ([truth.column] if truth.column else [])
+    extra = ["content_hash", "phash", "mean_colour"] + ([truth.column] if truth.column else [])
     table, metadata = read_parts(storage.absolute(output), ["path", "status"], optional=COLUMNS[2:] + extra)
     if "label" not in table.column_names:
         raise ConfigError(f"{output} has no predictions (it was scored with --task embed); review needs "
@@ -344,20 +350,21 @@ def _duplicates(rows: pd.DataFrame, given: pd.Series, embeddings: tuple[np.ndarr
                 ) -> tuple[pd.DataFrame, float | None, int | None, dict[str, int], int, int]:
     """(one row per file in a group of two or more, the embedding threshold used (None without
     embeddings), the phash distance used (None without phash), the pairs each signal found, the
-    rows too crowded for near pairs, the embedding pairs left out as unlike by phash). Exact
-    copies have the same content_hash, whatever their status; near copies are ok rows whose
-    phash values or embeddings are alike, an embedding pair only where the phash does not say
-    the two look different. A pair found either way joins a group (the union), and each
-    member's `signal` names what joined it."""
+    rows too crowded for near pairs, the near pairs each signal found but left out as unlike).
+    Exact copies have the same content_hash, whatever their status; near copies are ok rows
+    whose phash values or embeddings are alike, and whose fingerprints and mean colours do not
+    say the two look different (`_Looks`). A pair found either way joins a group (the union),
+    and each member's `signal` names what joined it."""
     count = len(rows)
     hashes = rows.content_hash.where(rows.content_hash.notna(), None).tolist() if "content_hash" in rows else [None] * count
     found = {"content_hash": duplicates.exact_pairs(hashes)}
     crowded = np.zeros(count, bool)
     threshold = used_distance = None
-    unlike = 0
+    unlike: dict[str, int] = {}
+    looks = None
     if "phash" in rows and phash_distance is not None:
-        positions, codes = perceptual.from_text(rows.phash.tolist())
-        pairs, crowd = _phash_pairs(positions, codes, hashes, phash_distance)
+        looks = _Looks.of(rows)
+        pairs, unlike["phash"], crowd = _phash_pairs(looks, hashes, phash_distance)
         if pairs is not None:
             found["phash"], used_distance = pairs, phash_distance
             crowded |= crowd
@@ -367,7 +374,7 @@ def _duplicates(rows: pd.DataFrame, given: pd.Series, embeddings: tuple[np.ndarr
         found["embedding"] = duplicates.Pairs(numbers[near.first], numbers[near.second], near.similarity)
         crowded[numbers] |= crowd
         if used_distance is not None:
-            found["embedding"], unlike = _alike_by_phash(found["embedding"], positions, codes, count)
+            found["embedding"], unlike["embedding"] = looks.alike(found["embedding"])
     component = duplicates.components(count, *found.values())
     best = duplicates.best_similarity(count, *found.values())
     sizes = np.bincount(component, minlength=count)
@@ -385,38 +392,59 @@ def _duplicates(rows: pd.DataFrame, given: pd.Series, embeddings: tuple[np.ndarr
     return result, threshold, used_distance, counts, int(crowded.sum()), unlike
 
 
-def _alike_by_phash(pairs: duplicates.Pairs, positions: np.ndarray, codes: np.ndarray, rows: int
-                    ) -> tuple[duplicates.Pairs, int]:
-    """(the embedding `pairs` less those whose phash values differ in more than UNLIKE_BITS
-    bits, how many those were). A small task model's embedding puts two members of a class as
-    close as a copy; two images whose fingerprints differ that much do not look alike. A pair
-    with a row without a phash is kept."""
-    known, code = np.zeros(rows, bool), np.zeros(rows, np.uint64)
-    known[positions], code[positions] = True, codes
-    unlike = (known[pairs.first] & known[pairs.second]
-              & (perceptual.distances(code[pairs.first], code[pairs.second]) > UNLIKE_BITS))
-    keep = ~unlike
-    return duplicates.Pairs(pairs.first[keep], pairs.second[keep], pairs.similarity[keep]), int(unlike.sum())
+@dataclass
+class _Looks:
+    """What each row looks like, where the run recorded it: its phash and its mean colour."""
+    has_phash: np.ndarray  # bool per row
+    phash: np.ndarray  # uint64 per row (0 where none)
+    colour: np.ndarray | None  # rrggbb text per row (None where none); None: OUT has no mean_colour
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame) -> "_Looks":
+        positions, codes = perceptual.from_text(rows.phash.tolist())
+        has_phash, phash = np.zeros(len(rows), bool), np.zeros(len(rows), np.uint64)
+        has_phash[positions], phash[positions] = True, codes
+        colour = rows.mean_colour.where(rows.mean_colour.notna(), None).to_numpy() if "mean_colour" in rows else None
+        return cls(has_phash, phash, colour)
+
+    def alike(self, pairs: duplicates.Pairs) -> tuple[duplicates.Pairs, int]:
+        """(`pairs` less those that do not look alike, how many those were): phash values more
+        than UNLIKE_BITS bits apart (a small task model's embedding puts two members of a class
+        as close as a copy), or mean colours more than UNLIKE_LEVELS apart in a channel (flat
+        drawings of one size at one place share their phash whatever their colours). A pair
+        with a row that lacks either is judged by what both have."""
+        first, second = pairs.first, pairs.second
+        unlike = (self.has_phash[first] & self.has_phash[second]
+                  & (perceptual.distances(self.phash[first], self.phash[second]) > UNLIKE_BITS))
+        if self.colour is not None:
+            both = np.flatnonzero((self.colour[first] != None) & (self.colour[second] != None))  # noqa: E711
+            unlike[both] |= perceptual.colour_distances(self.colour[first[both]], self.colour[second[both]]) > UNLIKE_LEVELS
+        keep = ~unlike
+        return duplicates.Pairs(first[keep], second[keep], pairs.similarity[keep]), int(unlike.sum())
 
 
-def _phash_pairs(positions: np.ndarray, codes: np.ndarray, hashes: list[str | None], max_bits: int
-                 ) -> tuple[duplicates.Pairs | None, np.ndarray]:
-    """(pairs of rows whose phash values (`codes`, at row `positions`) differ in at most
-    `max_bits` bits, which rows are crowded); (None, ...) when no row has a phash. One row per
-    content_hash takes part: exact copies are grouped by their hash, and would otherwise crowd
-    out an image copied often."""
+def _phash_pairs(looks: _Looks, hashes: list[str | None], max_bits: int
+                 ) -> tuple[duplicates.Pairs | None, int, np.ndarray]:
+    """(pairs of rows whose phash values differ in at most `max_bits` bits and that look alike,
+    how many did not, which rows are crowded); (None, 0, ...) when no row has a phash. One row
+    per content_hash takes part: exact copies are grouped by their hash, and would otherwise
+    crowd out an image copied often. Pairs unlike in colour leave before the crowds are
+    counted, so a copy among lookalikes of other colours is still found."""
+    positions = np.flatnonzero(looks.has_phash)
+    codes = looks.phash[positions]
     crowded = np.zeros(len(hashes), bool)
     if not len(positions):
-        return None, crowded
+        return None, 0, crowded
     first_of_file, seen = np.ones(len(positions), bool), set()
     for n, position in enumerate(positions.tolist()):
         if hashes[position] is not None:
             first_of_file[n] = hashes[position] not in seen
             seen.add(hashes[position])
     positions, codes = positions[first_of_file], codes[first_of_file]
-    near, crowd = duplicates.without_crowds(hamming.near_pairs(codes, max_bits), len(codes))
-    crowded[positions] = crowd
-    return duplicates.Pairs(positions[near.first], positions[near.second], near.similarity), crowded
+    near = hamming.near_pairs(codes, max_bits)
+    alike, unlike = looks.alike(duplicates.Pairs(positions[near.first], positions[near.second], near.similarity))
+    pairs, crowded = duplicates.without_crowds(alike, len(hashes))
+    return pairs, unlike, crowded
 
 
 _NO_DUPLICATES = pd.DataFrame({

@@ -290,10 +290,12 @@ class KeptOutput:
 class FileFacts:
     """What each file says of itself, from the decoder: its stored size (before any turn or
     resize; null when the header does not say), a fingerprint of its bytes, for exact
-    duplicates, and a perceptual fingerprint of its pixels (`perceptual`), for near copies."""
+    duplicates, and a perceptual fingerprint and the mean colour of its pixels (`perceptual`),
+    for near copies."""
 
     FIELDS = [pa.field("width", pa.int32()), pa.field("height", pa.int32()),
-              pa.field("content_hash", pa.string()), pa.field("phash", pa.string())]
+              pa.field("content_hash", pa.string()), pa.field("phash", pa.string()),
+              pa.field("mean_colour", pa.string())]
 
     def fields(self) -> list[pa.Field]:
         return self.FIELDS
@@ -311,11 +313,13 @@ class FileFacts:
         if "thumbnail" in outputs:
             columns["phash"] = pa.array(perceptual.as_text(perceptual.fingerprints(outputs["thumbnail"])),
                                         pa.string())
+            columns["mean_colour"] = pa.array(perceptual.mean_colours(outputs["thumbnail"]), pa.string())
         return columns
 
     def metadata(self) -> dict[str, str]:
         return {"content_hash": "farmhash64 of the file's bytes (tf.fingerprint), as 16 hex digits",
-                "phash": perceptual.DESCRIPTION}
+                "phash": perceptual.DESCRIPTION,
+                "mean_colour": "mean of the upright pixels' 32x32 thumbnail per channel, as rrggbb hex"}
 
     def describe(self) -> str:
         return ""  # the same for every run: nothing for the log line

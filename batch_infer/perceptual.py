@@ -21,14 +21,16 @@ import numpy as np
 SIDE = 32  # the thumbnail's side
 FREQUENCIES = 8  # the lowest 8x8 of the DCT: 64 bits
 SAMPLES = 4 * SIDE  # about this many samples along the short side before averaging
+LUMA = np.array([0.2989, 0.5870, 0.1140])
 DESCRIPTION = ("DCT pHash of the upright pixels: 8x8 lowest frequencies of a 32x32 gray thumbnail, "
                "each bit set above their median, as 16 hex digits")
 
 
 def thumbnails(images):
-    """[..., height, width, 1 or 3] pixels (any dtype, 0..255) as [..., SIDE, SIDE] float32 gray,
-    by area averaging; luma after the averaging, which is the same sum in another order and
-    costs a thumbnail, not an image. Two cheaper ways to the same kind of average:
+    """[..., height, width, 1 or 3] pixels (any dtype, 0..255) as [..., SIDE, SIDE, 1 or 3]
+    float32, by area averaging (luma is taken after it, in `fingerprints`: the same sum in
+    another order, and it costs a thumbnail, not an image). Two cheaper ways to the same kind
+    of average:
     - an image longer than SAMPLES on its short side is first sampled down to SAMPLES there,
       bilinearly (four pixels read a sample, so a photo costs the same whatever its size; a
       strided slice cost four times as much);
@@ -47,8 +49,7 @@ def thumbnails(images):
     small = tf.cond((short >= SIDE) & (long <= 2 * SIDE),
                     lambda: tf.image.resize(sampled, (SIDE, SIDE), method="bilinear"),
                     lambda: tf.image.resize(sampled, (SIDE, SIDE), method="area"))
-    gray = tf.image.rgb_to_grayscale(small) if images.shape[-1] == 3 else small
-    return gray[..., 0]
+    return small
 
 
 def _dct_matrix() -> np.ndarray:
@@ -63,10 +64,10 @@ _DCT = _dct_matrix()
 
 
 def fingerprints(thumbnails: np.ndarray) -> np.ndarray:
-    """[images, SIDE, SIDE] thumbnails to one uint64 each, most significant bit the lowest
-    frequency. Coefficients are rounded to 1/1000 (pixel units) so that float noise in the last
-    place cannot flip a bit: a flat image has all 63 higher frequencies exactly 0."""
-    pixels = np.asarray(thumbnails, np.float64)
+    """[images, SIDE, SIDE, 1 or 3] thumbnails to one uint64 each, most significant bit the
+    lowest frequency. Coefficients are rounded to 1/1000 (pixel units) so that float noise in
+    the last place cannot flip a bit: a flat image has all 63 higher frequencies exactly 0."""
+    pixels = gray(thumbnails)
     count = len(pixels)
     # D X D^T for every image as two matrix products over the whole batch, not two per image:
     # X D^T, then (D X D^T)^T = (X D^T)^T D^T.
@@ -78,6 +79,30 @@ def fingerprints(thumbnails: np.ndarray) -> np.ndarray:
     ordered = np.partition(flat, [middle - 1, middle], axis=1)  # np.median's value, at a sixth of its cost
     bits = flat > (ordered[:, middle - 1:middle] + ordered[:, middle:middle + 1]) / 2
     return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).reshape(-1)
+
+
+def gray(thumbnails: np.ndarray) -> np.ndarray:
+    """[images, SIDE, SIDE, 1 or 3] as [images, SIDE, SIDE] float64 luma (ITU-R 601, the weights
+    of tf.image.rgb_to_grayscale)."""
+    pixels = np.asarray(thumbnails, np.float64)
+    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels @ LUMA
+
+
+def mean_colours(thumbnails: np.ndarray) -> list[str]:
+    """Each thumbnail's mean colour as 6 hex digits, rrggbb (a gray image's three alike): what a
+    pHash leaves out. Two flat drawings of one size at one place have the same 64 bits whatever
+    their colours; a resized or recompressed copy keeps its mean colour within a level or two."""
+    pixels = np.asarray(thumbnails, np.float64)
+    means = np.clip(np.round(pixels.mean(axis=(1, 2))), 0, 255).astype(np.uint8)
+    means = np.repeat(means, 3 // means.shape[-1], axis=-1)
+    return [bytes(row).hex() for row in means]
+
+
+def colour_distances(first: list, second: list) -> np.ndarray:
+    """The largest difference of one channel between two lists of mean colours, in levels."""
+    def levels(texts):
+        return np.frombuffer(bytes.fromhex("".join(texts)), np.uint8).reshape(-1, 3).astype(np.int16)
+    return np.abs(levels(first) - levels(second)).max(axis=1)
 
 
 def as_text(values: np.ndarray) -> list[str]:

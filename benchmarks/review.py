@@ -182,6 +182,8 @@ def quality_of(name: str, model: str, embedding: list[str], images, classes, fli
     """Plants errors and copies, scores, and reviews: near copies by the embedding alone (as
     before the phash column), by phash and embedding (the default), and by the embedding alone
     at fixed thresholds."""
+    from batch_infer import perceptual
+
     work = tempfile.mkdtemp(prefix="bench-review-")
     try:
         root, out = os.path.join(work, "images"), os.path.join(work, "out")
@@ -189,7 +191,12 @@ def quality_of(name: str, model: str, embedding: list[str], images, classes, fli
         cli("run", "--model", model, "--input", root, "--output", out, "--quiet", *embedding)
         print(f"\n## {name}: {sum(len(f) for _, _, f in os.walk(root))} files, {len(flipped)} flipped "
               f"labels, {len(planted)} planted copy pairs")
+        colour = pd.read_parquet(out, columns=["path", "mean_colour"]).set_index("path").mean_colour
+        first, second = zip(*(sorted(pair) for pair in planted))
+        apart = perceptual.colour_distances(colour[list(first)].tolist(), colour[list(second)].tolist())
+        print(f"mean colours of the planted copy pairs, levels apart: median {np.median(apart):.0f}, max {apart.max()}")
         reviews = [("embedding only", ["--phash-distance", "off"]), ("phash and embedding", []),
+                   ("phash within 4 bits and embedding", ["--phash-distance", "4"]),
                    ("phash within 2 bits and embedding", ["--phash-distance", "2"])]
         reviews += [("embedding only", ["--phash-distance", "off", "--similarity", str(s)]) for s in FIXED]
         for number, (signals, extra) in enumerate(reviews):

@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+from pathlib import Path
 
 from support import images
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from sklearn.datasets import load_sample_images
 
 from batch_infer import hamming, perceptual
@@ -83,6 +84,19 @@ def test_flat_images_have_exact_bits(fingerprinted):
     assert (phash["gray.png"], phash["black.png"]) == ("8000000000000000", "0000000000000000")
 
 
+def test_mean_colour_is_the_pixels_mean_as_rrggbb(fingerprinted):
+    rows, output = fingerprinted
+    colour = rows.mean_colour
+    assert (colour["gray.png"], colour["black.png"]) == ("808080", "000000") and pd.isna(colour["broken.jpg"])
+    pixels = np.asarray(Image.open(Path(output).parent / "photo.png"), np.float64)
+    expected = np.round(pixels.reshape(-1, 3).mean(axis=0))
+    assert np.abs(np.frombuffer(bytes.fromhex(colour["photo.png"]), np.uint8) - expected).max() <= 1
+    assert colour["photo.tif"] == colour["photo.png"]
+    copies = [colour["photo-half.jpg"], colour["photo-double.png"]]
+    assert perceptual.colour_distances([colour["photo.png"]] * 2, copies).max() <= 2
+    assert b"rrggbb" in ds.dataset(output, format="parquet").schema.metadata[b"batch_infer.mean_colour"]
+
+
 def test_multi_index_search_finds_exactly_the_pairs_a_full_comparison_does():
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 2**63, 2000, dtype=np.int64).astype(np.uint64) << np.uint64(1)
@@ -109,7 +123,7 @@ def test_review_finds_near_copies_without_an_embedding(tmp_path, capsys):
     assert run_cli(capsys, "--model", SAMPLE_MODEL, "--input", str(root), "--output", output, "--quiet")[0] == 0
     code, summary, _ = invoke(capsys, "review", output, "--truth", "folder", "--output", str(tmp_path / "review"),
                               "--json")
-    assert code == 0 and summary["near_threshold"] is None and summary["phash_distance"] == 4
+    assert code == 0 and summary["near_threshold"] is None and summary["phash_distance"] == 6
     found = pd.read_parquet(tmp_path / "review" / "duplicates.parquet").set_index("path")
     group = found.loc["eight/0148.png", "group"]
     assert set(found[found.group == group].index) == {"eight/0148.png", "three/0148-copy.png", "three/0148-near.jpg"}
@@ -120,3 +134,26 @@ def test_review_finds_near_copies_without_an_embedding(tmp_path, capsys):
     assert summary["pairs_by_signal"]["content_hash"] == 1 and summary["pairs_by_signal"]["phash"] >= 1
     code, summary, _ = invoke(capsys, "review", output, "--truth", "folder", "--phash-distance", "off", "--json")
     assert code == 0 and summary["phash_distance"] is None and summary["duplicate_files"] == 2
+
+
+def test_flat_drawings_alike_but_for_colour_are_not_copies(tmp_path, capsys):
+    """A bright disc at one place on backgrounds of different colours: the phash values agree
+    (a pHash sees the pattern, not the colours), the mean colours do not, so only the disc's
+    resized and recompressed copy is paired with it, and the other pairs are counted as
+    left out."""
+    root, output = tmp_path / "drawings", str(tmp_path / "out")
+    (root / "eight").mkdir(parents=True)
+    for n, background in enumerate([(90, 0, 0), (0, 90, 0), (0, 0, 90), (60, 60, 0)]):
+        image = Image.new("RGB", (120, 100), background)
+        ImageDraw.Draw(image).ellipse((30, 20, 80, 70), fill=(250, 250, 250))
+        image.save(root / "eight" / f"{n}.png")
+        if n == 0:
+            (root / "eight" / "0-near.jpg").write_bytes(jpeg(image.resize((180, 150), Image.BICUBIC), 90))
+    assert run_cli(capsys, "--model", SAMPLE_MODEL, "--input", str(root), "--output", output, "--quiet")[0] == 0
+    phash = read_output(output).set_index("path").phash
+    assert max(bits(phash["eight/0.png"], phash[f"eight/{n}.png"]) for n in range(1, 4)) <= 4
+    code, summary, _ = invoke(capsys, "review", output, "--truth", "folder", "--output", str(tmp_path / "review"),
+                              "--json")
+    found = pd.read_parquet(tmp_path / "review" / "duplicates.parquet")
+    assert code == 0 and set(found.path) == {"eight/0.png", "eight/0-near.jpg"}
+    assert summary["pairs_unlike"]["phash"] >= 6

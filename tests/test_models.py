@@ -41,7 +41,7 @@ def model_files(tmp_path_factory):
     }
 
 # Columns every run writes whatever its heads: the listing's and the decoder's.
-FILE_COLUMNS = {"file_size", "file_mtime", "width", "height", "content_hash", "phash", "decoder"}
+FILE_COLUMNS = {"file_size", "file_mtime", "width", "height", "content_hash", "phash", "mean_colour", "decoder"}
 
 
 def head_columns(result) -> list[str]:

@@ -173,10 +173,10 @@ def test_embedding_pairs_that_look_different_by_phash_are_left_out(labelled, tmp
         return json.loads(stdout.getvalue()), pd.read_parquet(tmp_path / str(len(extra)) / "duplicates.parquet")
 
     (both, found), (alone, _) = review(), review("--phash-distance", "off")
-    assert both["embedding_pairs_unlike_by_phash"] > 0
-    assert (both["pairs_by_signal"]["embedding"] + both["embedding_pairs_unlike_by_phash"]
+    assert both["pairs_unlike"]["embedding"] > 0
+    assert (both["pairs_by_signal"]["embedding"] + both["pairs_unlike"]["embedding"]
             == alone["pairs_by_signal"]["embedding"])
-    assert alone["embedding_pairs_unlike_by_phash"] == 0
+    assert alone["pairs_unlike"] == {}
     rows = read_output(str(labelled[1])).set_index("path")
     for _, group in found[found.signal == "embedding"].groupby("group"):
         if len(group) == 2:  # a group of one embedding pair: its two fingerprints are alike

@@ -96,6 +96,6 @@ class ModelInputs:
                                     input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
 
     def __call__(self, images: list[np.ndarray]) -> tuple[tf.Tensor, np.ndarray]:
-        """(the model inputs as one batch, the thumbnails [images, SIDE, SIDE])."""
+        """(the model inputs as one batch, the thumbnails [images, SIDE, SIDE, channels])."""
         inputs, thumbs = zip(*(self.function(image) for image in images))
         return tf.stack(inputs), np.stack([thumb.numpy() for thumb in thumbs])

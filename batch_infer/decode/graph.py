@@ -234,11 +234,11 @@ def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec,
             file_plan = Plan(*tf.unstack(one[1]))
             image = to_channels(decode(one[0], file_plan) if decode else pixels(one[0], file_plan, spec, options),
                                 spec.channels)
-            return tf.cond(one_size, lambda: (tf.cast(image, tf.float32), tf.zeros([SIDE, SIDE])),
+            return tf.cond(one_size, lambda: (tf.cast(image, tf.float32), tf.zeros([SIDE, SIDE, spec.channels])),
                            lambda: (resized(image, spec.image_size, options.resize), thumbnails(image)))
 
         images, thumbs = tf.map_fn(upright, (data, planned), fn_output_signature=(
-            tf.TensorSpec([None, None, spec.channels], tf.float32), tf.TensorSpec([SIDE, SIDE], tf.float32)))
+            tf.TensorSpec([None, None, spec.channels], tf.float32), tf.TensorSpec([SIDE, SIDE, spec.channels], tf.float32)))
         return tf.cond(one_size, lambda: (scaled(resized(images, spec.image_size, options.resize), spec),
                                           thumbnails(images)),
                        lambda: (scaled(tf.ensure_shape(images, [None, *spec.image_size, spec.channels]), spec),
@@ -254,7 +254,7 @@ def decode_batch(data: tf.Tensor, planned: tf.Tensor, spec: InputSpec,
     return tf.cond(  # tf.map_fn cannot stack no files of an unknown size
         tf.size(data) > 0,
         lambda: tf.switch_case(choice, [decoded] + [lambda branch=branch: decoded(decoders[branch]) for branch in alone]),
-        lambda: (tf.zeros([0, *spec.image_size, spec.channels], spec.dtype), tf.zeros([0, SIDE, SIDE])))
+        lambda: (tf.zeros([0, *spec.image_size, spec.channels], spec.dtype), tf.zeros([0, SIDE, SIDE, spec.channels])))
 
 
 def decode_with_facts(data: tf.Tensor, spec: InputSpec, options: DecodeOptions) -> tuple[tf.Tensor, dict]:
