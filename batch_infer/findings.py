@@ -347,7 +347,7 @@ def _sorted_folder_warning(rows: pd.DataFrame, given: pd.Series, labels: list[st
 
 def _duplicates(rows: pd.DataFrame, given: pd.Series, embeddings: tuple[np.ndarray, np.ndarray] | None,
                 similarity: float | None, phash_distance: int | None
-                ) -> tuple[pd.DataFrame, float | None, int | None, dict[str, int], int, int]:
+                ) -> tuple[pd.DataFrame, float | None, int | None, dict[str, int], int, dict[str, int]]:
     """(one row per file in a group of two or more, the embedding threshold used (None without
     embeddings), the phash distance used (None without phash), the pairs each signal found, the
     rows too crowded for near pairs, the near pairs each signal found but left out as unlike).

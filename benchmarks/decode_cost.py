@@ -12,9 +12,9 @@ the model limit any pipeline can come. For each corpus this times, in one thread
   JPEG decode, resize);
 - model: the signature on a batch of pre-decoded tensors, per image (bench.py's model limit with
   one stream);
-- phash: the `phash` column alone, from pixels decoded beforehand (camera photos at the JPEG
+- phash: the `phash` and `mean_colour` columns alone, from pixels decoded beforehand (camera photos at the JPEG
   scale `run` decodes them at): the thumbnails, made as `run` makes them (one batch where the
-  batch is small enough, else one image at a time), and the bits;
+  batch is small enough, else one image at a time), the bits and the means;
 and prints that best share for each kind of decode, and the phash's share of an image's work
 (model + batch-infer decode).
 """
@@ -36,7 +36,7 @@ from batch_infer.listing import list_images  # noqa: E402
 from batch_infer.model import load_model  # noqa: E402
 from batch_infer.decode.graph import ONE_RESIZE_PIXELS, decode  # noqa: E402
 from batch_infer.decode.pipeline import batches_per_read  # noqa: E402
-from batch_infer.perceptual import fingerprints, thumbnails  # noqa: E402
+from batch_infer.perceptual import fingerprints, mean_colours, thumbnails  # noqa: E402
 from batch_infer.tf_import import tf  # noqa: E402
 
 FILES = {"photos": 300, "camera": 40, "small": 4000, "small-jpeg": 4000}  # enough for a steady figure
@@ -86,7 +86,8 @@ def phash_us(paths: list[bytes], channels: int, ratio: int, read_size: int) -> f
     def seconds() -> float:
         started = time.perf_counter()
         for batch in batches:
-            fingerprints(thumbs(batch).numpy())
+            small = thumbs(batch).numpy()
+            fingerprints(small), mean_colours(small)
         return time.perf_counter() - started
 
     seconds()  # traces
