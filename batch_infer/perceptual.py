@@ -83,19 +83,26 @@ def fingerprints(thumbnails: np.ndarray) -> np.ndarray:
 
 def gray(thumbnails: np.ndarray) -> np.ndarray:
     """[images, SIDE, SIDE, 1 or 3] as [images, SIDE, SIDE] float64 luma (ITU-R 601, the weights
-    of tf.image.rgb_to_grayscale)."""
-    pixels = np.asarray(thumbnails, np.float64)
-    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels @ LUMA
+    of tf.image.rgb_to_grayscale), summed in float32 as TensorFlow does, by one matrix product
+    (a third of the time of three scaled channels added)."""
+    pixels = np.asarray(thumbnails, np.float32)
+    if pixels.shape[-1] == 1:
+        return pixels[..., 0].astype(np.float64)
+    return (pixels.reshape(-1, 3) @ LUMA.astype(np.float32)).reshape(pixels.shape[:-1]).astype(np.float64)
 
 
 def mean_colours(thumbnails: np.ndarray) -> list[str]:
     """Each thumbnail's mean colour as 6 hex digits, rrggbb (a gray image's three alike): what a
     pHash leaves out. Two flat drawings of one size at one place have the same 64 bits whatever
     their colours; a resized or recompressed copy keeps its mean colour within a level or two."""
-    pixels = np.asarray(thumbnails, np.float64)
-    means = np.clip(np.round(pixels.mean(axis=(1, 2))), 0, 255).astype(np.uint8)
-    means = np.repeat(means, 3 // means.shape[-1], axis=-1)
-    return [bytes(row).hex() for row in means]
+    pixels = np.asarray(thumbnails, np.float32)
+    count, channels = len(pixels), pixels.shape[-1]
+    # The mean of each channel as one matrix product: numpy's mean over two axes at once took
+    # 26 µs an image, more than the rest of the fingerprint.
+    averaging = (np.tile(np.eye(channels), (SIDE * SIDE, 1)) / (SIDE * SIDE)).astype(np.float32)
+    means = np.clip(np.round(pixels.reshape(count, SIDE * SIDE * channels) @ averaging), 0, 255).astype(np.uint8)
+    text = np.repeat(means, 3 // channels, axis=1).tobytes().hex()
+    return [text[start:start + 6] for start in range(0, len(text), 6)]
 
 
 def colour_distances(first: list, second: list) -> np.ndarray:
