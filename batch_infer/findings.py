@@ -397,15 +397,19 @@ class _Looks:
     """What each row looks like, where the run recorded it: its phash and its mean colour."""
     has_phash: np.ndarray  # bool per row
     phash: np.ndarray  # uint64 per row (0 where none)
-    colour: np.ndarray | None  # rrggbb text per row (None where none); None: OUT has no mean_colour
+    has_colour: np.ndarray  # bool per row
+    colour: np.ndarray  # [rows, 3] int16 levels (0 where none)
 
     @classmethod
     def of(cls, rows: pd.DataFrame) -> "_Looks":
         positions, codes = perceptual.from_text(rows.phash.tolist())
         has_phash, phash = np.zeros(len(rows), bool), np.zeros(len(rows), np.uint64)
         has_phash[positions], phash[positions] = True, codes
-        colour = rows.mean_colour.where(rows.mean_colour.notna(), None).to_numpy() if "mean_colour" in rows else None
-        return cls(has_phash, phash, colour)
+        has_colour, colour = np.zeros(len(rows), bool), np.zeros((len(rows), 3), np.int16)
+        if "mean_colour" in rows:
+            positions, levels = perceptual.colours_from_text(rows.mean_colour.tolist())
+            has_colour[positions], colour[positions] = True, levels
+        return cls(has_phash, phash, has_colour, colour)
 
     def alike(self, pairs: duplicates.Pairs) -> tuple[duplicates.Pairs, int]:
         """(`pairs` less those that do not look alike, how many those were): phash values more
@@ -414,11 +418,10 @@ class _Looks:
         drawings of one size at one place share their phash whatever their colours). A pair
         with a row that lacks either is judged by what both have."""
         first, second = pairs.first, pairs.second
-        unlike = (self.has_phash[first] & self.has_phash[second]
-                  & (perceptual.distances(self.phash[first], self.phash[second]) > UNLIKE_BITS))
-        if self.colour is not None:
-            both = np.flatnonzero((self.colour[first] != None) & (self.colour[second] != None))  # noqa: E711
-            unlike[both] |= perceptual.colour_distances(self.colour[first[both]], self.colour[second[both]]) > UNLIKE_LEVELS
+        unlike = ((self.has_phash[first] & self.has_phash[second]
+                   & (perceptual.distances(self.phash[first], self.phash[second]) > UNLIKE_BITS))
+                  | (self.has_colour[first] & self.has_colour[second]
+                     & (perceptual.colour_distances(self.colour[first], self.colour[second]) > UNLIKE_LEVELS)))
         keep = ~unlike
         return duplicates.Pairs(first[keep], second[keep], pairs.similarity[keep]), int(unlike.sum())
 

@@ -46,10 +46,9 @@ def thumbnails(images):
         lambda: tf.image.resize(images, tf.cast(tf.round(tf.cast(size * SAMPLES, tf.float32) / tf.cast(short, tf.float32)),
                                                 tf.int32), method="bilinear"),
         lambda: tf.cast(images, tf.float32))
-    small = tf.cond((short >= SIDE) & (long <= 2 * SIDE),
-                    lambda: tf.image.resize(sampled, (SIDE, SIDE), method="bilinear"),
-                    lambda: tf.image.resize(sampled, (SIDE, SIDE), method="area"))
-    return small
+    return tf.cond((short >= SIDE) & (long <= 2 * SIDE),
+                   lambda: tf.image.resize(sampled, (SIDE, SIDE), method="bilinear"),
+                   lambda: tf.image.resize(sampled, (SIDE, SIDE), method="area"))
 
 
 def _dct_matrix() -> np.ndarray:
@@ -105,11 +104,18 @@ def mean_colours(thumbnails: np.ndarray) -> list[str]:
     return [text[start:start + 6] for start in range(0, len(text), 6)]
 
 
-def colour_distances(first: list, second: list) -> np.ndarray:
-    """The largest difference of one channel between two lists of mean colours, in levels."""
-    def levels(texts):
-        return np.frombuffer(bytes.fromhex("".join(texts)), np.uint8).reshape(-1, 3).astype(np.int16)
-    return np.abs(levels(first) - levels(second)).max(axis=1)
+def colours_from_text(texts) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of the texts that are mean colours, their levels as [colours, 3] int16); None
+    and NaN skipped."""
+    positions = [i for i, text in enumerate(texts) if isinstance(text, str)]
+    levels = np.frombuffer(bytes.fromhex("".join(texts[i] for i in positions)), np.uint8)
+    return np.array(positions, np.int64), levels.reshape(-1, 3).astype(np.int16)
+
+
+def colour_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The largest difference of one channel between mean colours' levels, elementwise
+    (broadcasting)."""
+    return np.abs(first - second).max(axis=-1)
 
 
 def as_text(values: np.ndarray) -> list[str]:

@@ -193,7 +193,8 @@ def quality_of(name: str, model: str, embedding: list[str], images, classes, fli
               f"labels, {len(planted)} planted copy pairs")
         colour = pd.read_parquet(out, columns=["path", "mean_colour"]).set_index("path").mean_colour
         first, second = zip(*(sorted(pair) for pair in planted))
-        apart = perceptual.colour_distances(colour[list(first)].tolist(), colour[list(second)].tolist())
+        apart = perceptual.colour_distances(perceptual.colours_from_text(colour[list(first)].tolist())[1],
+                                            perceptual.colours_from_text(colour[list(second)].tolist())[1])
         print(f"mean colours of the planted copy pairs, levels apart: median {np.median(apart):.0f}, max {apart.max()}")
         reviews = [("embedding only", ["--phash-distance", "off"]), ("phash and embedding", []),
                    ("phash within 4 bits and embedding", ["--phash-distance", "4"]),

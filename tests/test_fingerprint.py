@@ -92,8 +92,8 @@ def test_mean_colour_is_the_pixels_mean_as_rrggbb(fingerprinted):
     expected = np.round(pixels.reshape(-1, 3).mean(axis=0))
     assert np.abs(np.frombuffer(bytes.fromhex(colour["photo.png"]), np.uint8) - expected).max() <= 1
     assert colour["photo.tif"] == colour["photo.png"]
-    copies = [colour["photo-half.jpg"], colour["photo-double.png"]]
-    assert perceptual.colour_distances([colour["photo.png"]] * 2, copies).max() <= 2
+    levels = perceptual.colours_from_text([colour["photo.png"], colour["photo-half.jpg"], colour["photo-double.png"]])[1]
+    assert perceptual.colour_distances(levels[0], levels[1:]).max() <= 2
     assert b"rrggbb" in ds.dataset(output, format="parquet").schema.metadata[b"batch_infer.mean_colour"]
 
 
